@@ -1,0 +1,823 @@
+"""Benchmark fastproxy against nginx (direct and as a reverse proxy) with wrk on loopback.
+
+All three targets are measured in the same run on the same machine, so the ratios are
+meaningful even where absolute numbers are not. Usage: ``make bench`` or ``run.py -h``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import fnmatch
+import http.client
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import nginx_conf, report  # noqa: E402
+from benchmarks.procs import (  # noqa: E402
+    ManagedProcess,
+    ProcessRegistry,
+    free_port,
+    install_exit_signal_handlers,
+)
+from benchmarks.procstat import (  # noqa: E402
+    clock_ticks_per_second,
+    cpu_us_per_request,
+    read_system_cpu,
+)
+from benchmarks.report import DIRECT, FASTPROXY, NGINX, TARGETS, Measurement  # noqa: E402
+from benchmarks.wrkparse import WrkParseError, WrkResult, parse_wrk_output  # noqa: E402
+
+APP_ID = "bench"
+INVOKE_PREFIX = f"/v1.0/invoke/{APP_ID}/method"
+SIZES_ORDER: tuple[str, ...] = ("small", "4k", "64k")
+CONNECTIONS_ORDER: tuple[int, ...] = (50, 1)
+ALL_CASES: tuple[str, ...] = tuple(f"{s}-c{c}" for s in SIZES_ORDER for c in CONNECTIONS_ORDER)
+QUICK_CASES: tuple[str, ...] = ("small-c50", "small-c1", "64k-c50")
+DEFAULT_DURATION_S = 10
+QUICK_DURATION_S = 3
+TARGET_ALIASES: dict[str, str] = {
+    "direct": DIRECT,
+    "nginx": NGINX,
+    "nginx-proxy": NGINX,
+    "fastproxy": FASTPROXY,
+    "fp": FASTPROXY,
+}
+# Optional fastproxy flags that open extra listeners; given free ports when `run --help`
+# lists them, so a Dapr default port already in use on the machine cannot break the run.
+FASTPROXY_PORT_FLAGS: tuple[str, ...] = (
+    "--dapr-grpc-port",
+    "--dapr-internal-grpc-port",
+    "--metrics-port",
+    "--profile-port",
+)
+READY_TIMEOUT_S = 10.0
+# Warn when this much CPU (in cores) was busy outside our processes during a run.
+NOISE_WARN_CORES = 0.25
+# Rough per-run overhead (process polling, sanity request, pauses) for the time estimate.
+PER_RUN_OVERHEAD_S = 0.5
+STARTUP_OVERHEAD_S = 5.0
+
+
+class BenchError(RuntimeError):
+    """A target could not be started or measured; the message says why and shows logs."""
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command line; --quick only shortens runs and the default case list."""
+    p = argparse.ArgumentParser(
+        prog="benchmarks/run.py",
+        description="Measure fastproxy vs nginx-proxy vs direct nginx with wrk on loopback.",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help=f"seconds per measured run (default {DEFAULT_DURATION_S}, {QUICK_DURATION_S} "
+        "with --quick)",
+    )
+    p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds before each run")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_DURATION_S} s runs of only {', '.join(QUICK_CASES)}",
+    )
+    p.add_argument(
+        "--cases",
+        default=None,
+        help="comma-separated case names or globs, e.g. 'small-c50,64k-*' "
+        f"(all: {', '.join(ALL_CASES)}); selects from all cases even with --quick",
+    )
+    p.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help="comma-separated subset of direct,nginx-proxy (or nginx),fastproxy",
+    )
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=ROOT / "benchmarks" / "results",
+        help="directory for <timestamp>-<commit>.json/.md and latest.md",
+    )
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="taskset wrk to CPU 1 and the proxy under test to CPU 0",
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="exit 1 unless the small-c50 verdict is PASS"
+    )
+    p.add_argument(
+        "--fastproxy-bin",
+        type=Path,
+        default=ROOT / ".venv" / "bin" / "fastproxy",
+        help="fastproxy executable (default .venv/bin/fastproxy)",
+    )
+    p.add_argument(
+        "--fastproxy-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for `fastproxy run` (repeatable), e.g. --fastproxy-arg=--foo",
+    )
+    p.add_argument("--no-save", action="store_true", help="print results but write no files")
+    args = p.parse_args(argv)
+    if args.duration is None:
+        args.duration = float(QUICK_DURATION_S if args.quick else DEFAULT_DURATION_S)
+    if args.duration <= 0 or args.warmup < 0:
+        p.error("--duration must be > 0 and --warmup >= 0")
+    try:
+        args.case_list = select_cases(args.cases, args.quick)
+        args.target_list = select_targets(args.targets)
+    except ValueError as exc:
+        p.error(str(exc))
+    return args
+
+
+def select_cases(spec: str | None, quick: bool) -> list[str]:
+    """Cases to run, in canonical order; an unknown name or empty match is an error."""
+    if not spec:
+        return list(QUICK_CASES if quick else ALL_CASES)
+    patterns = [s.strip() for s in spec.split(",") if s.strip()]
+    chosen: set[str] = set()
+    for pat in patterns:
+        hits = fnmatch.filter(ALL_CASES, pat)
+        if not hits:
+            raise ValueError(f"--cases: {pat!r} matches none of {', '.join(ALL_CASES)}")
+        chosen.update(hits)
+    return [c for c in ALL_CASES if c in chosen]
+
+
+def select_targets(spec: str) -> list[str]:
+    """Targets to run, in canonical order (direct, nginx-proxy, fastproxy)."""
+    chosen: set[str] = set()
+    for name in (s.strip().lower() for s in spec.split(",") if s.strip()):
+        if name not in TARGET_ALIASES:
+            raise ValueError(f"--targets: unknown target {name!r} (use {', '.join(TARGETS)})")
+        chosen.add(TARGET_ALIASES[name])
+    if not chosen:
+        raise ValueError("--targets: empty")
+    return [t for t in TARGETS if t in chosen]
+
+
+def split_case(case: str) -> tuple[str, int]:
+    """'64k-c50' -> ('64k', 50)."""
+    size, conns = case.rsplit("-c", 1)
+    return size, int(conns)
+
+
+# --------------------------------------------------------------------------- tools
+
+
+def find_tool(name: str) -> str | None:
+    """Locate a binary, also looking in sbin dirs that a non-login PATH may lack."""
+    path = os.pathsep.join(
+        [os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin"]
+    )
+    return shutil.which(name, path=path)
+
+
+def ensure_tools() -> tuple[str, str]:
+    """Return (wrk, nginx) paths, installing the Debian packages when one is missing."""
+    wrk, nginx = find_tool("wrk"), find_tool("nginx")
+    if wrk and nginx:
+        return wrk, nginx
+    missing = [n for n, p in (("wrk", wrk), ("nginx", nginx)) if p is None]
+    if os.geteuid() != 0:
+        raise BenchError(
+            f"{' and '.join(missing)} not installed and not root: apt-get install them"
+        )
+    print(f"installing {', '.join(missing)} with apt-get ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    base = ["apt-get", "install", "-y", "-qq"]
+    if wrk is None:
+        subprocess.run([*base, "wrk"], check=True, env=env)
+    if (
+        nginx is None
+        and subprocess.run([*base, "nginx-light"], check=False, env=env).returncode != 0
+    ):
+        # Debian 13 dropped nginx-light; plain nginx is the same binary for our purposes.
+        subprocess.run([*base, "nginx"], check=True, env=env)
+    wrk, nginx = find_tool("wrk"), find_tool("nginx")
+    if not (wrk and nginx):
+        raise BenchError("wrk/nginx still missing after apt-get install")
+    return wrk, nginx
+
+
+# --------------------------------------------------------------------------- HTTP helpers
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """One GET on a fresh connection; used for readiness and response sanity checks."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def wait_ready(
+    proc: ManagedProcess, port: int, path: str, want_status: int, timeout_s: float
+) -> None:
+    """Poll until GET ``path`` answers ``want_status``; fail early if the process dies."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise BenchError(f"{proc.name} exited with code {proc.popen.returncode}")
+        try:
+            status, _ = http_get(port, path, timeout=1.0)
+            if status == want_status:
+                return
+            last = f"HTTP {status}"
+        except (OSError, http.client.HTTPException) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.05)
+    raise BenchError(f"{proc.name} not ready after {timeout_s:g} s on GET {path} ({last})")
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@dataclass
+class Target:
+    """Something wrk can load: a port, a URL prefix and the processes whose CPU we sample."""
+
+    name: str
+    port: int
+    prefix: str
+    proxy: ManagedProcess | None
+    extra_logs: list[Path] = field(default_factory=list)
+
+    def path(self, size: str) -> str:
+        """Request path for a response size, e.g. /v1.0/invoke/bench/method/4k."""
+        return f"{self.prefix}/{size}"
+
+    def url(self, size: str) -> str:
+        """Full URL handed to wrk."""
+        return f"http://127.0.0.1:{self.port}{self.path(size)}"
+
+
+class Bench:
+    """Owns the temp dir and every child process of one benchmark run."""
+
+    def __init__(self, args: argparse.Namespace, wrk: str, nginx: str) -> None:
+        self.args = args
+        self.wrk = wrk
+        self.nginx = nginx
+        self.registry = ProcessRegistry()
+        self.tmp = Path(tempfile.mkdtemp(prefix="fastproxy-bench-"))
+        self.as_root = os.geteuid() == 0
+        self.taskset = find_tool("taskset") if args.pin else None
+        if args.pin and self.taskset is None:
+            print("warning: --pin requested but taskset not found; not pinning", file=sys.stderr)
+        if args.pin and (os.cpu_count() or 1) < 2:
+            print("warning: --pin needs 2 CPUs; not pinning", file=sys.stderr)
+            self.taskset = None
+        self.clk_tck = clock_ticks_per_second()
+        self.upstream: ManagedProcess | None = None
+        self.upstream_port = 0
+
+    def close(self) -> None:
+        """Stop all children and delete the temp dir."""
+        self.registry.stop_all()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _pin(self, cpu: int) -> list[str]:
+        return [self.taskset, "-c", str(cpu)] if self.taskset else []
+
+    def _start_nginx(
+        self, name: str, render: Callable[[int], str], ready_path: str, pin: list[str]
+    ) -> tuple[ManagedProcess, int]:
+        """Start an nginx on a free port; retry on the rare port race."""
+        err_log = nginx_conf.error_log(self.tmp, name)
+        for attempt in range(3):
+            port = free_port()
+            conf = self.tmp / f"{name}.conf"
+            conf.write_text(render(port))
+            nginx_conf.temp_root(self.tmp, name).mkdir(exist_ok=True)
+            argv = [
+                *pin,
+                self.nginx,
+                "-p",
+                str(self.tmp),
+                "-e",
+                str(err_log),
+                "-c",
+                str(conf),
+            ]
+            proc = self.registry.start(name, argv, self.tmp, self.tmp / f"{name}.out")
+            try:
+                wait_ready(proc, port, ready_path, 200, READY_TIMEOUT_S)
+            except BenchError as exc:
+                tail = proc.log_tail(extra=[err_log])
+                proc.stop()
+                if "Address already in use" in tail and attempt < 2:
+                    continue
+                raise BenchError(f"{exc}\n{tail}") from None
+            self._wait_for_worker(proc)
+            return proc, port
+        raise BenchError(f"{name}: no free port after 3 attempts")
+
+    @staticmethod
+    def _wait_for_worker(proc: ManagedProcess) -> None:
+        # The master answers nothing itself; make sure the worker we will sample exists.
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if len(proc.tree_pids()) >= 2:
+                return
+            time.sleep(0.05)
+        raise BenchError(f"{proc.name}: no nginx worker process found")
+
+    def start_upstream(self) -> Target:
+        """The app every target ultimately serves from."""
+        bodies = self.tmp / "bodies"
+        nginx_conf.write_bodies(bodies)
+        proc, port = self._start_nginx(
+            nginx_conf.UPSTREAM,
+            lambda p: nginx_conf.upstream_conf(self.tmp, p, bodies, self.as_root),
+            "/small",
+            [],
+        )
+        self.upstream, self.upstream_port = proc, port
+        return Target(DIRECT, port, "", None, [nginx_conf.error_log(self.tmp, nginx_conf.UPSTREAM)])
+
+    def start_nginx_proxy(self) -> Target:
+        """nginx as reverse proxy with the sidecar's invoke-path rewrite."""
+        proc, port = self._start_nginx(
+            nginx_conf.PROXY,
+            lambda p: nginx_conf.proxy_conf(self.tmp, p, self.upstream_port, self.as_root),
+            f"{INVOKE_PREFIX}/small",
+            self._pin(0),
+        )
+        return Target(
+            NGINX, port, INVOKE_PREFIX, proc, [nginx_conf.error_log(self.tmp, nginx_conf.PROXY)]
+        )
+
+    def fastproxy_help(self) -> str:
+        """`fastproxy run --help`, proving the CLI exists before we try to benchmark it."""
+        exe = self.args.fastproxy_bin
+        if not exe.exists():
+            raise BenchError(f"fastproxy not found at {exe} (is the package installed?)")
+        try:
+            res = subprocess.run(
+                [str(exe), "run", "--help"], check=False, capture_output=True, text=True, timeout=30
+            )
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"`{exe} run --help` did not finish in 30 s") from None
+        if res.returncode != 0:
+            raise BenchError(
+                f"`{exe} run --help` failed with code {res.returncode}:\n"
+                + (res.stderr or res.stdout)[-2000:]
+            )
+        return res.stdout
+
+    def start_fastproxy(self) -> Target:
+        """fastproxy as the sidecar of app 'bench', invoking itself (one process)."""
+        help_text = self.fastproxy_help()
+        port = free_port()
+        argv = [
+            *self._pin(0),
+            str(self.args.fastproxy_bin),
+            "run",
+            "--app-id",
+            APP_ID,
+            "--app-port",
+            str(self.upstream_port),
+            "--dapr-http-port",
+            str(port),
+            "--dapr-listen-addresses",
+            "127.0.0.1",
+            "--log-level",
+            "warn",
+        ]
+        for flag in FASTPROXY_PORT_FLAGS:
+            if flag in help_text and flag not in self.args.fastproxy_arg:
+                argv += [flag, str(free_port())]
+        argv += self.args.fastproxy_arg
+        proc = self.registry.start(FASTPROXY, argv, self.tmp, self.tmp / "fastproxy.log")
+        try:
+            wait_ready(proc, port, "/v1.0/healthz", 204, READY_TIMEOUT_S)
+        except BenchError as exc:
+            raise BenchError(f"{exc}\ncommand: {' '.join(argv)}\n{proc.log_tail()}") from None
+        return Target(FASTPROXY, port, INVOKE_PREFIX, proc)
+
+    # ----------------------------------------------------------------------- measuring
+
+    def _wrk(self, url: str, connections: int, duration_s: float) -> tuple[str, float]:
+        """Run wrk once; return its stdout and the CPU seconds wrk itself used."""
+        argv = [
+            *self._pin(1),
+            self.wrk,
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration_s:g}s",
+            "--latency",
+            url,
+        ]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        try:
+            res = subprocess.run(
+                argv, check=False, capture_output=True, text=True, timeout=duration_s + 30
+            )
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"wrk hung (> {duration_s + 30:g} s): {' '.join(argv)}") from None
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if res.returncode != 0:
+            raise BenchError(f"wrk failed with code {res.returncode}: {res.stderr or res.stdout}")
+        cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        return res.stdout, cpu_s
+
+    def _check_alive(self, target: Target) -> None:
+        for proc in (target.proxy, self.upstream):
+            if proc is not None and not proc.alive():
+                raise BenchError(
+                    f"{proc.name} exited with code {proc.popen.returncode}\n"
+                    + proc.log_tail(extra=target.extra_logs)
+                )
+
+    def _sanity_check(self, target: Target, size: str) -> None:
+        """Refuse to benchmark a target that returns the wrong thing."""
+        want = nginx_conf.body_for(size)
+        try:
+            status, body = http_get(target.port, target.path(size))
+        except (OSError, http.client.HTTPException) as exc:
+            raise BenchError(f"GET {target.url(size)} failed: {exc}") from None
+        if status != 200 or body != want:
+            raise BenchError(
+                f"GET {target.url(size)} -> HTTP {status}, {len(body)} B body "
+                f"(want 200 and the {len(want)} B upstream body)"
+            )
+
+    def measure(self, target: Target, case: str) -> Measurement:
+        """Warm up, then one measured wrk run with CPU sampled around it."""
+        size, conns = split_case(case)
+        m = Measurement(
+            case=case,
+            size=size,
+            size_bytes=nginx_conf.SIZES[size],
+            connections=conns,
+            target=target.name,
+            url=target.url(size),
+        )
+        assert self.upstream is not None
+        try:
+            self._check_alive(target)
+            self._sanity_check(target, size)
+            if self.args.warmup > 0:
+                warm_out, _ = self._wrk(m.url, conns, self.args.warmup)
+                warm = parse_wrk_output(warm_out)
+                if not warm.ok:
+                    raise BenchError(f"warm-up: {warm.error_summary()}\n{warm_out}")
+            sys0, t0 = read_system_cpu(), time.monotonic()
+            proxy0 = target.proxy.cpu_ticks() if target.proxy else None
+            up0 = self.upstream.cpu_ticks()
+            out, wrk_cpu_s = self._wrk(m.url, conns, self.args.duration)
+            up1 = self.upstream.cpu_ticks()
+            proxy1 = target.proxy.cpu_ticks() if target.proxy else None
+            sys1, t1 = read_system_cpu(), time.monotonic()
+            m.wrk_output = out
+            result = parse_wrk_output(out)
+            self._fill(m, result)
+            m.upstream_cpu_ticks = (up1 - up0).total
+            m.upstream_cpu_us_per_req = cpu_us_per_request(
+                m.upstream_cpu_ticks, result.requests, self.clk_tck
+            )
+            if proxy0 is not None and proxy1 is not None:
+                m.proxy_cpu_ticks = (proxy1 - proxy0).total
+                m.proxy_cpu_us_per_req = cpu_us_per_request(
+                    m.proxy_cpu_ticks, result.requests, self.clk_tck
+                )
+            if result.requests:
+                m.wrk_cpu_us_per_req = wrk_cpu_s * 1e6 / result.requests
+            wall = t1 - t0
+            if wall > 0:
+                ours_s = ((m.proxy_cpu_ticks or 0) + m.upstream_cpu_ticks) / self.clk_tck
+                m.system_busy_cores = (sys1 - sys0).busy / self.clk_tck / wall
+                m.other_cores = m.system_busy_cores - (ours_s + wrk_cpu_s) / wall
+            if not result.ok:
+                raise BenchError(f"{result.error_summary()}\n{out}")
+            self._check_alive(target)
+        except (BenchError, WrkParseError) as exc:
+            m.error = str(exc)
+        return m
+
+    @staticmethod
+    def _fill(m: Measurement, r: WrkResult) -> None:
+        m.requests = r.requests
+        m.duration_s = r.duration_s
+        m.rps = r.rps
+        m.latency_avg_ms = r.latency_avg_ms
+        m.latency_max_ms = r.latency_max_ms
+        m.p50_ms = r.percentile(50.0)
+        m.p75_ms = r.percentile(75.0)
+        m.p90_ms = r.percentile(90.0)
+        m.p99_ms = r.percentile(99.0)
+        m.bytes_read = r.bytes_read
+        m.non_2xx_3xx = r.non_2xx_3xx
+        m.socket_errors = r.socket_errors
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def _cmd_output(argv: Sequence[str]) -> str:
+    """Combined stdout+stderr of a short command ('nginx -v' prints to stderr)."""
+    try:
+        res = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable ({exc})"
+    return (res.stdout + res.stderr).strip()
+
+
+def git_info() -> dict[str, Any]:
+    """Commit and dirtiness, via read-only git commands that take no index lock."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+
+    def git(*a: str) -> str | None:
+        try:
+            res = subprocess.run(
+                ["git", "-C", str(ROOT), *a],
+                check=False,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=10,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return res.stdout.strip() if res.returncode == 0 else None
+
+    commit = git("rev-parse", "--verify", "-q", "HEAD")
+    status = git("status", "--porcelain") or ""
+    lines = status.splitlines()
+    return {
+        "commit": commit,
+        "short": commit[:10] if commit else "nocommit",
+        # "dirty" means tracked files differ from the commit; untracked files are listed apart.
+        "dirty": any(not ln.startswith("??") for ln in lines),
+        "untracked": any(ln.startswith("??") for ln in lines),
+    }
+
+
+def machine_info(wrk: str, nginx: str) -> dict[str, Any]:
+    """Facts that make figures from different runs (in)comparable."""
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+
+    def version(pkg: str) -> str | None:
+        try:
+            return importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "nproc": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "uvloop": version("uvloop"),
+        "httptools": version("httptools"),
+        "fastproxy": version("fastproxy"),
+        "nginx": _cmd_output([nginx, "-v"]),
+        "wrk": _cmd_output([wrk, "-v"]).splitlines()[0],
+        "clk_tck": clock_ticks_per_second(),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+# --------------------------------------------------------------------------- output
+
+
+def estimate_seconds(n_runs: int, duration_s: float, warmup_s: float) -> float:
+    """Expected wall time of a run, printed up front so nobody waits blind."""
+    return STARTUP_OVERHEAD_S + n_runs * (duration_s + warmup_s + PER_RUN_OVERHEAD_S)
+
+
+def group_by_case(measurements: Sequence[Measurement]) -> dict[str, list[Measurement]]:
+    """Measurements per case, in run order."""
+    out: dict[str, list[Measurement]] = {}
+    for m in measurements:
+        out.setdefault(m.case, []).append(m)
+    return out
+
+
+def render_markdown(doc: dict[str, Any], measurements: Sequence[Measurement]) -> str:
+    """The human summary saved next to the JSON and as latest.md."""
+    g, mach, par, v = doc["git"], doc["machine"], doc["parameters"], doc["verdict"]
+    lines = [
+        f"# fastproxy benchmark {doc['timestamp_utc']}",
+        "",
+        f"- commit: `{g['commit'] or 'none'}`"
+        f"{' (dirty)' if g['dirty'] else ''}{' (+untracked files)' if g['untracked'] else ''}",
+        f"- machine: {mach['nproc']} CPUs, {mach['cpu_model']}, kernel {mach['kernel']}",
+        f"- python {mach['python']}, uvloop {mach['uvloop']}, httptools {mach['httptools']}",
+        f"- {mach['nginx']}; {mach['wrk']}",
+        f"- wrk -t1 --latency, {par['duration_s']:g} s per run after {par['warmup_s']:g} s "
+        f"warm-up; pinning: {'wrk CPU 1, proxy CPU 0' if par['pin'] else 'none'}",
+        "",
+        "rps/nginx and rps/direct: throughput relative to nginx-proxy and to direct nginx in "
+        "the same case. proxy us/req: CPU microseconds the proxy process(es) spent per request "
+        "(utime+stime); cpu/nginx: that figure relative to nginx-proxy. app us/req: the same for "
+        "the upstream nginx. Latencies in ms from wrk --latency.",
+        "",
+    ]
+    for ms in group_by_case(measurements).values():
+        lines += [
+            f"## {report.case_title(ms[0], par['duration_s'])}",
+            "",
+            report.format_markdown_table(ms),
+            "",
+        ]
+    lines += [f"**Verdict: {v['status']}** - {v['message']}", ""]
+    start_errors: dict[str, str] = doc["start_errors"]
+    errors = [m for m in measurements if m.error and m.target not in start_errors]
+    if start_errors or errors:
+        lines += ["## Errors", ""]
+        for name, err in start_errors.items():
+            lines += [f"- start error, {name}:", "", "```", err.strip(), "```", ""]
+        for m in errors:
+            lines += [f"- {m.case} {m.target}:", "", "```", (m.error or "").strip(), "```", ""]
+    return "\n".join(lines)
+
+
+def save(doc: dict[str, Any], markdown: str, outdir: Path) -> tuple[Path, Path]:
+    """Write <stamp>-<commit>.json/.md and overwrite latest.md."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    stem = f"{doc['timestamp_compact']}-{doc['git']['short']}"
+    jpath, mpath = outdir / f"{stem}.json", outdir / f"{stem}.md"
+    jpath.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    mpath.write_text(markdown)
+    (outdir / "latest.md").write_text(markdown)
+    return jpath, mpath
+
+
+def _progress(i: int, n: int, m: Measurement) -> str:
+    head = f"[{i}/{n}] {m.case:<10} {m.target:<12}"
+    if m.error:
+        return f"{head} ERROR: {m.error.splitlines()[0]}"
+    cpu = f"  proxy {m.proxy_cpu_us_per_req:.1f} us/req" if m.proxy_cpu_us_per_req else ""
+    p99 = f"{m.p99_ms:.3f}" if m.p99_ms is not None else "-"
+    noise = ""
+    if m.other_cores is not None and m.other_cores > NOISE_WARN_CORES:
+        noise = f"  [noise: {m.other_cores:.2f} cores busy outside the benchmark]"
+    return f"{head} {m.rps or 0:>10,.0f} rps  p99 {p99} ms{cpu}{noise}"
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start servers, measure every (case, target), report and save; return exit code."""
+    wrk, nginx = ensure_tools()
+    started = dt.datetime.now(dt.UTC)
+    n_runs = len(args.case_list) * len(args.target_list)
+    est = estimate_seconds(n_runs, args.duration, args.warmup)
+    print(
+        f"{len(args.case_list)} cases x {len(args.target_list)} targets = {n_runs} runs of "
+        f"{args.warmup:g}+{args.duration:g} s; estimated {est:.0f} s (~{est / 60:.1f} min)",
+        flush=True,
+    )
+    machine = machine_info(wrk, nginx)
+    bench = Bench(args, wrk, nginx)
+    measurements: list[Measurement] = []
+    target_errors: dict[str, str] = {}
+    try:
+        targets: dict[str, Target] = {}
+        direct = bench.start_upstream()
+        if DIRECT in args.target_list:
+            targets[DIRECT] = direct
+        starters: dict[str, Callable[[], Target]] = {
+            NGINX: bench.start_nginx_proxy,
+            FASTPROXY: bench.start_fastproxy,
+        }
+        for name, start in starters.items():
+            if name not in args.target_list:
+                continue
+            try:
+                targets[name] = start()
+            except BenchError as exc:
+                target_errors[name] = f"could not start {name}: {exc}"
+                print(f"ERROR: {target_errors[name]}\n", file=sys.stderr, flush=True)
+        i = 0
+        for case in args.case_list:
+            for name in args.target_list:
+                i += 1
+                if name in targets:
+                    m = bench.measure(targets[name], case)
+                else:
+                    size, conns = split_case(case)
+                    first_line = target_errors[name].splitlines()[0]
+                    m = Measurement(case, size, nginx_conf.SIZES[size], conns, name)
+                    m.error = f"not measured; {first_line} (details under start errors)"
+                measurements.append(m)
+                print(_progress(i, n_runs, m), flush=True)
+                time.sleep(0.2)  # let the previous run's connections close
+    finally:
+        bench.close()
+
+    elapsed = (dt.datetime.now(dt.UTC) - started).total_seconds()
+    v = report.verdict(measurements)
+    ratios = {case: report.case_ratios(ms) for case, ms in group_by_case(measurements).items()}
+    doc: dict[str, Any] = {
+        "schema": 1,
+        "timestamp_utc": started.isoformat(timespec="seconds"),
+        "timestamp_compact": started.strftime("%Y%m%dT%H%M%SZ"),
+        "elapsed_s": round(elapsed, 1),
+        "git": git_info(),
+        "machine": machine,
+        "parameters": {
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "quick": args.quick,
+            "cases": args.case_list,
+            "targets": args.target_list,
+            "pin": bench.taskset is not None,
+            "wrk_threads": 1,
+            "fastproxy_bin": str(args.fastproxy_bin),
+            "fastproxy_extra_args": args.fastproxy_arg,
+            "argv": sys.argv[1:],
+        },
+        "results": [
+            {
+                **dataclasses.asdict(m),
+                "ratios": dataclasses.asdict(ratios[m.case][m.target]),
+            }
+            for m in measurements
+        ],
+        "verdict": dataclasses.asdict(v),
+        "start_errors": target_errors,
+    }
+    markdown = render_markdown(doc, measurements)
+
+    print()
+    for ms in group_by_case(measurements).values():
+        print(report.case_title(ms[0], args.duration))
+        print(report.format_text_table(ms))
+        print()
+    print(f"VERDICT {v.status}: {v.message}")
+    print(f"elapsed {elapsed:.0f} s (estimated {est:.0f} s)")
+    if not args.no_save:
+        jpath, mpath = save(doc, markdown, args.output)
+        print(f"saved {jpath} and {mpath} (also {args.output / 'latest.md'})")
+
+    failed = [m for m in measurements if m.error]
+    if failed:
+        print(f"\n!!! {len(failed)} of {len(measurements)} runs FAILED", file=sys.stderr)
+        for name, err in target_errors.items():
+            print(f"--- start error, {name}:\n{err.strip()}", file=sys.stderr)
+        for m in failed:
+            if m.target not in target_errors:
+                print(f"--- {m.case} {m.target}:\n{(m.error or '').strip()}", file=sys.stderr)
+        return 1
+    if args.strict and v.status != "PASS":
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; always stops every child, also on Ctrl-C and SIGTERM."""
+    args = parse_args(argv)
+    install_exit_signal_handlers()
+    try:
+        return run(args)
+    except BenchError as exc:
+        print(f"benchmark error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; servers stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""State shared by every connection of one sidecar: settings, router, pools, clock.
+
+Built once at start; connections read it, never rebuild it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastproxy.config.model import Config, Resources
+from fastproxy.forwarder import Forwarder
+from fastproxy.local import Metadata, local_reply, metadata_document
+from fastproxy.routing import LocalRoute, Router
+from fastproxy.upstream.pool import Endpoint, PoolLimits
+from fastproxy.wire import Clock
+
+if TYPE_CHECKING:
+    from fastproxy.downstream.protocol import DownstreamProtocol, LocalReply
+
+
+class SidecarContext:
+    __slots__ = (
+        "api_token",
+        "clock",
+        "config",
+        "connections",
+        "draining",
+        "forwarder",
+        "max_header_count",
+        "metadata",
+        "resources",
+        "router",
+    )
+
+    def __init__(self, config: Config, resources: Resources, clock: Clock) -> None:
+        self.config = config
+        self.resources = resources
+        self.clock = clock
+        self.api_token = config.api_token.encode() if config.api_token else None
+        self.max_header_count = config.max_header_count
+        self.connections: set[DownstreamProtocol] = set()
+        self.draining = False
+        endpoints = resources.http_endpoints
+        self.router = Router(config.app_id, config.namespace, endpoints.keys())
+        app_endpoint = None
+        if config.app_port is not None:
+            app_endpoint = Endpoint(config.app_channel_address, config.app_port)
+        limits = PoolLimits(
+            max_connections=config.upstream_max_connections,
+            max_idle=config.upstream_max_idle,
+            idle_timeout=config.upstream_idle_timeout,
+            connect_timeout=config.upstream_connect_timeout,
+        )
+        self.forwarder = Forwarder(
+            config.app_id,
+            config.namespace,
+            app_endpoint,
+            endpoints,
+            limits,
+            lambda: clock.now,
+            config.app_api_token,
+        )
+        self.metadata = Metadata(
+            metadata_document(
+                config.app_id, config.app_port, config.app_channel_address, list(endpoints)
+            )
+        )
+
+    def local_reply(
+        self,
+        conn: DownstreamProtocol,
+        route: LocalRoute,
+        path: bytes,
+        query: bytes,
+        keep_alive: bool,
+    ) -> LocalReply:
+        return local_reply(self, conn, route, query, path, keep_alive)
+
+    def tick(self) -> None:
+        """Once a second: refresh the clock, enforce client timeouts, age idle pools."""
+        clock = self.clock
+        clock.tick()
+        now = clock.now
+        for conn in list(self.connections):
+            conn.check_timeouts(now)
+        for pool in self.forwarder.pools:
+            pool.sweep(now)

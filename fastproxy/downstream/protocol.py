@@ -1,0 +1,610 @@
+"""An accepted client connection: parses requests with httptools and answers them in order.
+
+The protocol object is its own parser callback target. It owns bytes,
+limits, keep-alive and pipelining order; each request becomes an exchange
+(`forwarder.Exchange` or `LocalReply`) that owns that one request. Only the
+head of the queue produces a response; later pipelined requests wait, with
+reading paused, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections import deque
+from typing import TYPE_CHECKING, Protocol, cast
+
+from httptools import (
+    HttpParserCallbackError,
+    HttpParserError,
+    HttpParserUpgrade,
+    HttpRequestParser,
+)
+
+from fastproxy.downstream.flow import ReadGate
+from fastproxy.errors import (
+    BadRequestError,
+    BodyTooLargeError,
+    HeadersTooLargeError,
+    ProxyError,
+    RequestTimeoutError,
+    UnauthorizedError,
+)
+from fastproxy.routing import basic_auth_app_id, local_route, token_exempt
+from fastproxy.wire import COLON_SP, CRLF, error_response
+
+if TYPE_CHECKING:
+    from fastproxy.context import SidecarContext
+
+# Why reading from the client is paused (ReadGate reasons).
+PIPELINED = 1
+UPSTREAM_BUSY = 2
+BROKEN = 4
+
+# Client response data buffered before the upstream side is paused.
+WRITE_HIGH_WATER = 64 * 1024
+
+# Header kinds that need more than copying (see on_header).
+_HOST = 1
+_CONTENT_LENGTH = 2
+_TRANSFER_ENCODING = 3
+_CONNECTION = 4
+_DROP = 5
+_EXPECT = 6
+_APP_ID = 7
+_API_TOKEN = 8
+_AUTHORIZATION = 9
+
+_SPECIAL_HEADERS: dict[bytes, int] = {
+    b"host": _HOST,
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"connection": _CONNECTION,
+    b"keep-alive": _DROP,
+    b"proxy-connection": _DROP,
+    b"upgrade": _DROP,
+    b"http2-settings": _DROP,
+    b"te": _DROP,
+    b"trailer": _DROP,
+    b"proxy-authorization": _DROP,
+    b"proxy-authenticate": _DROP,
+    b"dapr-caller-app-id": _DROP,
+    b"dapr-caller-namespace": _DROP,
+    b"dapr-callee-app-id": _DROP,
+    b"expect": _EXPECT,
+    b"dapr-app-id": _APP_ID,
+    b"dapr-api-token": _API_TOKEN,
+    b"authorization": _AUTHORIZATION,
+}
+# Names some servers would read as a framing or routing header once `_` becomes `-`.
+_DISGUISABLE = frozenset(
+    name.replace(b"-", b"_") for name, kind in _SPECIAL_HEADERS.items() if kind != _AUTHORIZATION
+)
+
+
+class Exchange(Protocol):
+    """What the connection needs from one request's handler."""
+
+    request_done: bool
+    response_done: bool
+    response_started: bool
+    keep_alive: bool
+
+    def start(self) -> None: ...
+    def on_body(self, body: bytes) -> None: ...
+    def on_request_complete(self) -> None: ...
+    def cancel(self) -> None: ...
+    def set_client_paused(self, paused: bool) -> None: ...
+
+
+class LocalReply:
+    """A response the sidecar writes itself; any request body is read and dropped."""
+
+    __slots__ = (
+        "_conn",
+        "_data",
+        "_discard_limit",
+        "_discarded",
+        "_on_complete",
+        "_sink",
+        "keep_alive",
+        "request_done",
+        "response_done",
+        "response_started",
+    )
+
+    def __init__(
+        self,
+        conn: DownstreamProtocol,
+        data: bytes | None,
+        keep_alive: bool,
+        discard_limit: int,
+        on_complete: _BodyHandler | None = None,
+    ) -> None:
+        self._conn = conn
+        self._data = data
+        self._on_complete = on_complete
+        self._sink: list[bytes] | None = [] if on_complete is not None else None
+        self._discarded = 0
+        self._discard_limit = discard_limit
+        self.keep_alive = keep_alive
+        self.request_done = False
+        self.response_done = False
+        self.response_started = False
+
+    def __repr__(self) -> str:
+        return f"<LocalReply request_done={self.request_done} response_done={self.response_done}>"
+
+    def start(self) -> None:
+        if self._data is not None:
+            self._send(self._data)
+
+    def _send(self, data: bytes) -> None:
+        self.response_started = True
+        self._conn.write(data)
+        self.response_done = True
+        self._conn.response_finished(self)
+
+    def on_body(self, body: bytes) -> None:
+        self._discarded += len(body)
+        if self._discarded > self._discard_limit:
+            self.keep_alive = False
+            self._sink = None
+            self._conn.abort()
+        elif self._sink is not None:
+            self._sink.append(body)
+
+    def on_request_complete(self) -> None:
+        self.request_done = True
+        if self._on_complete is not None and self._sink is not None:
+            self._data = self._on_complete(b"".join(self._sink))
+            self._sink = None
+            if self._conn.is_active(self):
+                self._send(self._data)
+
+    def cancel(self) -> None:
+        self._sink = None
+
+    def set_client_paused(self, paused: bool) -> None:
+        return None
+
+
+class _BodyHandler(Protocol):
+    def __call__(self, body: bytes) -> bytes: ...
+
+
+class DownstreamProtocol(asyncio.Protocol):
+    __slots__ = (
+        "_active",
+        "_api_token",
+        "_app_id_header",
+        "_authorization",
+        "_chunked",
+        "_closing",
+        "_connection_tokens",
+        "_content_length",
+        "_ctx",
+        "_current",
+        "_expect_continue",
+        "_gate",
+        "_head_size",
+        "_header_count",
+        "_headers",
+        "_host_count",
+        "_ignore_input",
+        "_in_head",
+        "_last_activity",
+        "_max_body",
+        "_max_head",
+        "_parser",
+        "_pending",
+        "_url",
+        "_write_paused_since",
+        "transport",
+    )
+
+    def __init__(self, ctx: SidecarContext) -> None:
+        self._ctx = ctx
+        self._max_head = ctx.config.read_buffer_size
+        self._max_body = ctx.config.max_body_size
+        self._parser = HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._gate: ReadGate | None = None
+        self._active: Exchange | None = None
+        self._current: Exchange | None = None
+        self._pending: deque[Exchange] = deque()
+        self._closing = False
+        self._ignore_input = False
+        self._in_head = False
+        self._last_activity = ctx.clock.now
+        self._write_paused_since: float | None = None
+        self._reset_request()
+
+    def __repr__(self) -> str:
+        return (
+            f"<DownstreamProtocol active={self._active!r} pending={len(self._pending)}"
+            f" closing={self._closing}>"
+        )
+
+    def _reset_request(self) -> None:
+        self._url = b""
+        self._headers: list[bytes] = []
+        self._head_size = 0
+        self._header_count = 0
+        self._host_count = 0
+        self._content_length: bytes | None = None
+        self._chunked = False
+        self._connection_tokens: list[bytes] | None = None
+        self._expect_continue = False
+        self._app_id_header: bytes | None = None
+        self._api_token: bytes | None = None
+        self._authorization: bytes | None = None
+
+    # -- asyncio protocol ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport = transport
+        self._gate = ReadGate(transport)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        ctx = self._ctx
+        ctx.connections.add(self)
+        if len(ctx.connections) > ctx.config.max_connections or ctx.draining:
+            ctx.connections.discard(self)
+            self._closing = True
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ctx.connections.discard(self)
+        self._closing = True
+        active = self._active
+        self._active = None
+        if active is not None and not active.response_done:
+            active.cancel()
+        current = self._current
+        if current is not None and current is not active and not current.request_done:
+            current.cancel()
+        self._pending.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self._ignore_input:
+            return
+        self._last_activity = self._ctx.clock.now
+        try:
+            self._parser.feed_data(data)
+        except HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, ProxyError):
+                self._reject(cause)
+            else:
+                raise
+        except HttpParserUpgrade:
+            # CONNECT, or an Upgrade we do not tunnel: the request was answered
+            # as a plain one (Upgrade stripped); nothing after it is read.
+            self._stop_reading()
+        except HttpParserError as exc:
+            self._reject(BadRequestError(f"malformed HTTP request: {exc}"))
+
+    def eof_received(self) -> bool | None:
+        # A half-closed client may still be owed its responses.
+        if self._active is None and not self._in_head:
+            return None
+        self._ignore_input = True
+        return True
+
+    def pause_writing(self) -> None:
+        self._write_paused_since = self._ctx.clock.now
+        if self._active is not None:
+            self._active.set_client_paused(True)
+
+    def resume_writing(self) -> None:
+        self._write_paused_since = None
+        if self._active is not None:
+            self._active.set_client_paused(False)
+
+    # -- httptools callbacks -----------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._reset_request()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_size += len(url)
+        if self._head_size > self._max_head:
+            raise HeadersTooLargeError(
+                f"request line and headers exceed the read buffer size of {self._max_head} bytes"
+            )
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        self._header_count += 1
+        if self._head_size > self._max_head or self._header_count > self._ctx.max_header_count:
+            raise HeadersTooLargeError(
+                f"request headers exceed the limit of {self._max_head} bytes"
+                f" or {self._ctx.max_header_count} fields"
+            )
+        lname = name.lower()
+        kind = _SPECIAL_HEADERS.get(lname)
+        if kind is None:
+            if b"_" in lname and lname in _DISGUISABLE:
+                raise BadRequestError(f"header name {name.decode('latin-1')!r} is not accepted")
+            self._headers.extend((name, COLON_SP, value, CRLF))
+        elif kind == _HOST:
+            self._host_count += 1
+        elif kind == _CONTENT_LENGTH:
+            self._content_length = value
+        elif kind == _TRANSFER_ENCODING:
+            self._chunked = True
+        elif kind == _CONNECTION:
+            self._note_connection_tokens(value)
+        elif kind == _APP_ID:
+            self._app_id_header = value
+        elif kind == _API_TOKEN:
+            self._api_token = value
+        elif kind == _EXPECT:
+            self._expect_continue = value.lower() == b"100-continue"
+        elif kind == _AUTHORIZATION:
+            if value[:6].lower() == b"basic ":
+                self._authorization = value
+            self._headers.extend((name, COLON_SP, value, CRLF))
+
+    def _note_connection_tokens(self, value: bytes) -> None:
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token and token not in (b"close", b"keep-alive", b"upgrade"):
+                if token in _SPECIAL_HEADERS or token.startswith(b"x-forwarded"):
+                    raise BadRequestError(
+                        f"Connection header may not name {token.decode('latin-1')!r}"
+                    )
+                if self._connection_tokens is None:
+                    self._connection_tokens = []
+                self._connection_tokens.append(token)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        try:
+            exchange = self._open_exchange(parser)
+        except ProxyError as error:
+            keep_alive = parser.should_keep_alive() and not error.closes_connection
+            exchange = LocalReply(
+                self,
+                error_response(self._ctx.clock, error, keep_alive),
+                keep_alive,
+                self._max_body,
+            )
+        self._enqueue(exchange)
+
+    def on_body(self, body: bytes) -> None:
+        current = self._current
+        if current is not None:
+            current.on_body(body)
+
+    def on_message_complete(self) -> None:
+        current = self._current
+        if current is None:
+            return
+        current.request_done = True
+        current.on_request_complete()
+        if current is self._active and current.response_done:
+            self._advance()
+
+    # -- building the exchange ---------------------------------------------
+
+    def _open_exchange(self, parser: HttpRequestParser) -> Exchange:
+        ctx = self._ctx
+        version = parser.get_http_version()
+        http10 = version == "1.0"
+        if version not in ("1.1", "1.0"):
+            raise BadRequestError(f"unsupported HTTP version {version}")
+        if self._host_count != 1 and (self._host_count > 1 or not http10):
+            raise BadRequestError("a request must carry exactly one Host header")
+        if self._chunked and http10:
+            raise BadRequestError("Transfer-Encoding is not allowed in HTTP/1.0")
+        method: bytes = parser.get_method()
+        keep_alive: bool = parser.should_keep_alive() and not self._closing
+        url = self._url
+        if url[:1] != b"/":
+            url = _origin_form(url)
+        if b"#" in url:
+            url = url[: url.index(b"#")]
+        cut = url.find(b"?")
+        if cut >= 0:
+            path, query = url[:cut], url[cut:]
+        else:
+            path, query = url, b""
+        content_length = self._content_length
+        has_body = self._chunked or (content_length is not None and content_length != b"0")
+        if content_length is not None and int(content_length) > self._max_body:
+            raise BodyTooLargeError(
+                f"request body of {int(content_length)} bytes exceeds --max-body-size"
+                f" of {self._max_body} bytes"
+            )
+        expected = ctx.api_token
+        if expected is not None and not token_exempt(method, path):
+            given = self._api_token
+            if given is None or not hmac.compare_digest(given, expected):
+                raise UnauthorizedError("invalid api token")
+        local = local_route(method, path)
+        if local is not None:
+            return ctx.local_reply(self, local, path, query, keep_alive)
+        app_id = self._app_id_header
+        if app_id is None and self._authorization is not None:
+            app_id = basic_auth_app_id(self._authorization)
+        if app_id is not None:
+            invocation = ctx.router.route_header(app_id, path)
+        else:
+            invocation = ctx.router.route_path(path)
+        headers = self._headers
+        if self._connection_tokens is not None:
+            headers = _without_tokens(headers, self._connection_tokens)
+        if self._chunked:
+            framing = b""
+        elif content_length is not None:
+            framing = b"Content-Length: " + content_length + CRLF
+        else:
+            framing = b""
+        return ctx.forwarder.open(
+            self,
+            invocation,
+            method,
+            query,
+            headers,
+            framing,
+            chunked_in=self._chunked,
+            has_body=has_body,
+            keep_alive=keep_alive,
+            http10=http10,
+            expect_continue=self._expect_continue and not http10,
+        )
+
+    # -- ordering ----------------------------------------------------------
+
+    def _enqueue(self, exchange: Exchange) -> None:
+        self._current = exchange
+        if self._active is None:
+            self._active = exchange
+            exchange.start()
+        else:
+            self._pending.append(exchange)
+            assert self._gate is not None
+            self._gate.pause(PIPELINED)
+
+    def is_active(self, exchange: Exchange) -> bool:
+        return self._active is exchange
+
+    def response_finished(self, exchange: Exchange) -> None:
+        """The exchange wrote its whole response."""
+        if exchange is self._active and exchange.request_done:
+            self._advance()
+
+    def _advance(self) -> None:
+        finished = self._active
+        assert finished is not None
+        self._active = None
+        if not finished.keep_alive or self._closing or self._ctx.draining:
+            self.close()
+            return
+        pending = self._pending
+        if pending:
+            nxt = pending.popleft()
+            if not pending:
+                assert self._gate is not None
+                self._gate.resume(PIPELINED)
+            self._active = nxt
+            nxt.start()
+            if nxt.request_done and nxt.response_done and self._active is nxt:
+                self._advance()
+        else:
+            self._current = None
+            self._last_activity = self._ctx.clock.now
+
+    def closing_after_response(self) -> bool:
+        return self._closing or self._ctx.draining
+
+    # -- replies and errors --------------------------------------------------
+
+    def reply_error(self, exchange: Exchange, error: ProxyError) -> None:
+        """An exchange failed before its response started: answer for it."""
+        keep_alive = exchange.keep_alive and exchange.request_done and not error.closes_connection
+        exchange.keep_alive = keep_alive
+        self.write(error_response(self._ctx.clock, error, keep_alive and not self._closing))
+        exchange.response_done = True
+        self.response_finished(exchange)
+        if not keep_alive and not exchange.request_done:
+            self.close()
+
+    def _reject(self, error: ProxyError) -> None:
+        """The byte stream can no longer be trusted: answer once, in order, then close."""
+        self._stop_reading()
+        current = self._current
+        if current is not None and not current.request_done:
+            current.cancel()
+            if current is self._active:
+                self._active = None
+                if current.response_started:
+                    self.abort()
+                    return
+            else:
+                self._pending.pop()
+        reply = LocalReply(self, error_response(self._ctx.clock, error, False), False, 0)
+        reply.request_done = True
+        self._enqueue(reply)
+
+    def _stop_reading(self) -> None:
+        self._ignore_input = True
+        self._closing = True
+        if self._gate is not None:
+            self._gate.pause(BROKEN)
+
+    def pause_for_upstream(self, paused: bool) -> None:
+        gate = self._gate
+        if gate is None:
+            return
+        if paused:
+            gate.pause(UPSTREAM_BUSY)
+        else:
+            gate.resume(UPSTREAM_BUSY)
+
+    # -- transport helpers -------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def close(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- timeouts (driven by the once-a-second tick) -------------------------
+
+    def check_timeouts(self, now: float) -> None:
+        ctx = self._ctx
+        config = ctx.config
+        if self._write_paused_since is not None:
+            if now - self._write_paused_since > config.write_timeout:
+                self.abort()
+            return
+        idle_for = now - self._last_activity
+        if self._in_head:
+            if idle_for > config.header_timeout:
+                self._reject(RequestTimeoutError("timed out reading the request head"))
+                self.close()
+            return
+        current = self._current
+        if current is not None and not current.request_done:
+            if idle_for > config.body_timeout:
+                self._reject(RequestTimeoutError("timed out reading the request body"))
+            return
+        if self._active is None and idle_for > config.keep_alive_timeout:
+            self.close()
+
+    def drain(self) -> None:
+        """Shutdown: close now if idle, else after the response in flight."""
+        if self._active is None and not self._in_head:
+            self.close()
+
+
+def _origin_form(url: bytes) -> bytes:
+    """The path of an absolute-form target; anything else is not a request we serve."""
+    for scheme in (b"http://", b"https://"):
+        if url[: len(scheme)].lower() == scheme:
+            slash = url.find(b"/", len(scheme))
+            return url[slash:] if slash >= 0 else b"/"
+    raise BadRequestError("request target must be a path")
+
+
+def _without_tokens(headers: list[bytes], tokens: list[bytes]) -> list[bytes]:
+    kept: list[bytes] = []
+    for i in range(0, len(headers), 4):
+        if headers[i].lower() not in tokens:
+            kept.extend(headers[i : i + 4])
+    return kept

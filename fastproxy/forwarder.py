@@ -1,0 +1,452 @@
+"""The one place that strings a forwarded exchange together.
+
+`Forwarder.open` turns an `Invocation` plus the parsed request into an
+`Exchange`: the upstream pool, the rewritten head, the framing. The
+`Exchange` then carries the body to the upstream and the response back,
+with flow control on both legs, and decides about the connection at the end.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from fastproxy.config.model import HTTPEndpoint
+from fastproxy.errors import InvokeError, ProxyError, invoke_failure
+from fastproxy.routing import Invocation, TargetKind
+from fastproxy.upstream.connection import UpstreamConnection
+from fastproxy.upstream.pool import Endpoint, Pool, PoolLimits
+from fastproxy.wire import CHUNKED, COLON_SP, CRLF, HTTP11, LAST_CHUNK
+
+if TYPE_CHECKING:
+    from fastproxy.downstream.protocol import DownstreamProtocol
+
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+# Request bytes kept for one replay on a fresh connection when a reused
+# keep-alive connection turns out to have been closed by the upstream.
+REPLAY_LIMIT = 64 * 1024
+# Body bytes buffered while no upstream connection is attached yet.
+PENDING_HIGH_WATER = 64 * 1024
+MAX_URL_POOLS = 256
+
+
+class Exchange:
+    """One forwarded request: client body → upstream, upstream response → client."""
+
+    __slots__ = (
+        "_body_received",
+        "_buffered",
+        "_chunked_in",
+        "_conn",
+        "_downstream",
+        "_head",
+        "_pending",
+        "_pool",
+        "_replay",
+        "_retried",
+        "_target",
+        "cancelled",
+        "expect_continue",
+        "http10",
+        "is_head",
+        "keep_alive",
+        "request_done",
+        "request_sent",
+        "response_done",
+        "response_started",
+    )
+
+    def __init__(
+        self,
+        downstream: DownstreamProtocol,
+        pool: Pool,
+        head: bytes,
+        target: str,
+        *,
+        chunked_in: bool,
+        keep_alive: bool,
+        is_head: bool,
+        http10: bool,
+        replayable: bool,
+        expect_continue: bool,
+    ) -> None:
+        self._downstream = downstream
+        self._pool = pool
+        self._head = head
+        self._target = target
+        self._chunked_in = chunked_in
+        self._conn: UpstreamConnection | None = None
+        self._pending: list[bytes] | None = None
+        self._buffered = 0
+        self._body_received = 0
+        self._replay: list[bytes] | None = [head] if replayable else None
+        self._retried = False
+        self.keep_alive = keep_alive
+        self.is_head = is_head
+        self.http10 = http10
+        self.expect_continue = expect_continue
+        self.cancelled = False
+        self.request_done = False
+        self.request_sent = False
+        self.response_started = False
+        self.response_done = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<Exchange {self._target} via {self._pool.name}"
+            f" request_done={self.request_done} response_started={self.response_started}"
+            f" response_done={self.response_done}>"
+        )
+
+    # -- driven by the downstream connection ------------------------------
+
+    def start(self) -> None:
+        if self.expect_continue and not self.request_done:
+            self._downstream.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        conn = self._pool.acquire(self)
+        if conn is not None:
+            self.attach(conn)
+        elif not self.cancelled and not self.request_done:
+            self._pending = []
+
+    def on_body(self, body: bytes) -> None:
+        self._body_received += len(body)
+        if self._chunked_in:
+            parts: tuple[bytes, ...] = (b"%x\r\n" % len(body), body, CRLF)
+        else:
+            parts = (body,)
+        replay = self._replay
+        if replay is not None:
+            if self._body_received > REPLAY_LIMIT:
+                self._replay = None
+            else:
+                replay.extend(parts)
+        conn = self._conn
+        if conn is not None:
+            conn.writelines(parts)
+        elif self._pending is not None:
+            self._pending.extend(parts)
+            self._buffered += len(body)
+            if self._buffered > PENDING_HIGH_WATER:
+                self._downstream.pause_for_upstream(True)
+        elif self.cancelled or self.response_started:
+            return  # the upstream already answered or failed: the rest is discarded
+        else:
+            self._pending = list(parts)
+            self._buffered = len(body)
+
+    def on_request_complete(self) -> None:
+        self.request_done = True
+        if self._chunked_in:
+            if self._replay is not None:
+                self._replay.append(LAST_CHUNK)
+            if self._conn is not None:
+                self._conn.write(LAST_CHUNK)
+            elif not (self.cancelled or self.response_started):
+                if self._pending is None:
+                    self._pending = []
+                self._pending.append(LAST_CHUNK)
+        if self._conn is not None:
+            self.request_sent = True
+
+    def cancel(self) -> None:
+        """The client went away or broke its request: drop the upstream side."""
+        self.cancelled = True
+        conn = self._conn
+        self._conn = None
+        if conn is not None:
+            conn.abandon()
+        else:
+            self._pool.forget(self)
+
+    # -- driven by the pool and the upstream connection -------------------
+
+    def attach(self, conn: UpstreamConnection) -> None:
+        if self.cancelled or self.response_done:
+            self._pool.release(conn)
+            return
+        self._conn = conn
+        conn.attach(self)
+        pending = self._pending
+        self._pending = None
+        if pending:
+            conn.writelines([self._head, *pending])
+            if self._buffered > PENDING_HIGH_WATER:
+                self._downstream.pause_for_upstream(False)
+            self._buffered = 0
+        else:
+            conn.write(self._head)
+        if self.request_done:
+            self.request_sent = True
+
+    def connect_failed(self, reason: str) -> None:
+        if self.cancelled or self.response_done:
+            return
+        self._fail(invoke_failure(self._target, reason))
+
+    def upstream_failed(self, reason: str, got_response_bytes: bool) -> None:
+        conn = self._conn
+        self._conn = None
+        if self.cancelled:
+            return
+        if self.response_started:
+            self._downstream.abort()
+            return
+        replay = self._replay
+        if (
+            not got_response_bytes
+            and not self._retried
+            and replay is not None
+            and conn is not None
+            and conn.requests_served > 0
+        ):
+            # A reused keep-alive connection the upstream had already closed.
+            self._retried = True
+            self._pending = replay[1:]
+            self._buffered = 0
+            fresh = self._pool.acquire(self, fresh=True)
+            if fresh is not None:
+                self.attach(fresh)
+            return
+        self._fail(invoke_failure(self._target, reason))
+
+    def upstream_paused(self, paused: bool) -> None:
+        self._downstream.pause_for_upstream(paused)
+
+    def client_write(self, data: bytes) -> None:
+        self._downstream.write(data)
+
+    def client_closing(self) -> bool:
+        return not self.keep_alive or self._downstream.closing_after_response()
+
+    def response_finished(self, reusable: bool, close_client: bool) -> None:
+        conn = self._conn
+        self._conn = None
+        if conn is not None and reusable:
+            self._pool.release(conn)
+        if close_client:
+            self.keep_alive = False
+        self.response_done = True
+        self._downstream.response_finished(self)
+
+    def set_client_paused(self, paused: bool) -> None:
+        """The client stopped reading (or resumed): stop reading the upstream too."""
+        if self._conn is not None:
+            self._conn.set_reading_paused(paused)
+
+    def _fail(self, error: ProxyError) -> None:
+        self._pending = None
+        self._replay = None
+        self.response_started = True
+        self._downstream.reply_error(self, error)
+
+
+class Forwarder:
+    """Builds exchanges; owns the upstream pools (app channel, endpoints, URLs)."""
+
+    __slots__ = (
+        "_app_api_token_line",
+        "_app_pool",
+        "_caller_lines",
+        "_endpoint_headers",
+        "_endpoint_pools",
+        "_limits",
+        "_make_pool",
+        "_url_pools",
+        "app_id",
+    )
+
+    def __init__(
+        self,
+        app_id: str,
+        namespace: str,
+        app_endpoint: Endpoint | None,
+        http_endpoints: Mapping[str, HTTPEndpoint],
+        limits: PoolLimits,
+        clock: Callable[[], float],
+        app_api_token: str | None = None,
+    ) -> None:
+        self.app_id = app_id
+        self._limits = limits
+
+        def make_pool(endpoint: Endpoint) -> Pool:
+            return Pool(endpoint, limits, clock)
+
+        self._make_pool = make_pool
+        self._app_pool = make_pool(app_endpoint) if app_endpoint is not None else None
+        self._caller_lines = (
+            b"dapr-caller-app-id: %s\r\ndapr-caller-namespace: %s\r\n"
+            % (app_id.encode(), namespace.encode())
+        )
+        self._app_api_token_line = (
+            b"dapr-api-token: " + app_api_token.encode() + CRLF if app_api_token else b""
+        )
+        self._endpoint_pools: dict[str, Pool] = {}
+        self._endpoint_headers: dict[str, tuple[bytes, frozenset[bytes]]] = {}
+        for name, resource in http_endpoints.items():
+            self._endpoint_pools[name] = make_pool(endpoint_from_url(resource.base_url, resource))
+            lines = b"".join(
+                n.encode("latin-1") + COLON_SP + v.encode("latin-1") + CRLF
+                for n, v in resource.headers
+            )
+            names = frozenset(n.lower().encode("latin-1") for n, _ in resource.headers)
+            self._endpoint_headers[name] = (lines, names)
+        self._url_pools: dict[tuple[str, str, int], Pool] = {}
+
+    @property
+    def pools(self) -> list[Pool]:
+        pools = list(self._endpoint_pools.values()) + list(self._url_pools.values())
+        if self._app_pool is not None:
+            pools.append(self._app_pool)
+        return pools
+
+    def open(
+        self,
+        downstream: DownstreamProtocol,
+        invocation: Invocation,
+        method: bytes,
+        query: bytes,
+        headers: list[bytes],
+        framing: bytes,
+        *,
+        chunked_in: bool,
+        has_body: bool,
+        keep_alive: bool,
+        http10: bool,
+        expect_continue: bool,
+    ) -> Exchange:
+        """The exchange for an invocation; raises ProxyError when it cannot be made."""
+        kind = invocation.kind
+        extra = b""
+        if kind is TargetKind.APP:
+            if not invocation.is_self:
+                raise invoke_failure(
+                    invocation.target, f"couldn't find service: {invocation.target}"
+                )
+            pool = self._app_pool
+            if pool is None:
+                raise InvokeError(
+                    f"failed to invoke, id: {invocation.target}, err: app channel is not"
+                    " initialized: no --app-port was given"
+                )
+            extra = (
+                self._caller_lines
+                + b"dapr-callee-app-id: "
+                + invocation.app_id.encode()
+                + CRLF
+                + self._app_api_token_line
+            )
+        elif kind is TargetKind.ENDPOINT:
+            pool = self._endpoint_pools[invocation.target]
+            lines, names = self._endpoint_headers[invocation.target]
+            if names:
+                headers = _without(headers, names)
+            extra = lines
+        else:
+            pool = self._url_pool(invocation.target)
+        path = pool.endpoint.base_path + invocation.method if pool.endpoint.base_path else (
+            invocation.method
+        )
+        head = b"".join(
+            (
+                method,
+                b" ",
+                path,
+                query,
+                HTTP11,
+                pool.host_header,
+                *headers,
+                extra,
+                CHUNKED if chunked_in else framing,
+                CRLF,
+            )
+        )
+        replayable = method in _IDEMPOTENT and not chunked_in
+        return Exchange(
+            downstream,
+            pool,
+            head,
+            invocation.target,
+            chunked_in=chunked_in,
+            keep_alive=keep_alive,
+            is_head=method == b"HEAD",
+            http10=http10,
+            replayable=replayable,
+            expect_continue=expect_continue and has_body,
+        )
+
+    def _url_pool(self, target: str) -> Pool:
+        try:
+            endpoint = endpoint_from_url(target, None)
+        except ValueError as exc:
+            raise invoke_failure(target, str(exc)) from None
+        key = (("https" if endpoint.tls else "http"), endpoint.host, endpoint.port)
+        pool = self._url_pools.get(key)
+        if pool is None:
+            if len(self._url_pools) >= MAX_URL_POOLS:
+                self._evict_unused_url_pools()
+            pool = self._url_pools[key] = self._make_pool(endpoint)
+        return pool
+
+    def _evict_unused_url_pools(self) -> None:
+        for key, pool in list(self._url_pools.items()):
+            if pool.open_count == 0:
+                del self._url_pools[key]
+                pool.close()
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.close()
+
+
+def endpoint_from_url(url: str, resource: HTTPEndpoint | None) -> Endpoint:
+    """An `Endpoint` for an http(s) base URL, with TLS set up for https."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"invalid target url {url!r}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ValueError(f"invalid port in target url {url!r}") from None
+    tls = None
+    if parts.scheme == "https":
+        tls = _client_tls_context(resource)
+    base_path = parts.path.rstrip("/").encode("utf-8")
+    return Endpoint(parts.hostname, port, tls, parts.hostname, base_path)
+
+
+def _client_tls_context(resource: HTTPEndpoint | None) -> ssl.SSLContext:
+    client_tls = resource.client_tls if resource is not None else None
+    if client_tls is not None and client_tls.root_ca:
+        context = ssl.create_default_context(cadata=client_tls.root_ca)
+    else:
+        context = ssl.create_default_context()
+    if client_tls is not None and client_tls.certificate and client_tls.private_key:
+        _load_pem_pair(context, client_tls.certificate, client_tls.private_key)
+    return context
+
+
+def _load_pem_pair(context: ssl.SSLContext, certificate: str, private_key: str) -> None:
+    # The ssl module loads key pairs from files only; write them to private
+    # temporary files that are removed straight after loading.
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        cert_path = os.path.join(folder, "cert.pem")
+        key_path = os.path.join(folder, "key.pem")
+        for path, text in ((cert_path, certificate), (key_path, private_key)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+        context.load_cert_chain(cert_path, key_path)
+
+
+def _without(headers: list[bytes], names: frozenset[bytes]) -> list[bytes]:
+    kept: list[bytes] = []
+    for i in range(0, len(headers), 4):
+        if headers[i].lower() not in names:
+            kept.extend(headers[i : i + 4])
+    return kept

@@ -1,0 +1,208 @@
+"""Lifecycle: bind, serve, drain, stop; the embeddable `Sidecar` and the CLI's `run`.
+
+The CLI and the library build the same `Config` and the same `Sidecar`, so
+what one does the other does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import socket
+from types import TracebackType
+from typing import Any
+
+from fastproxy.config import Config, Resources, load_resources
+from fastproxy.context import SidecarContext
+from fastproxy.downstream.protocol import DownstreamProtocol
+from fastproxy.log import setup_logging
+from fastproxy.wire import Clock
+
+log = logging.getLogger("fastproxy")
+
+
+
+class Sidecar:
+    """One sidecar inside a running event loop.
+
+    >>> async with Sidecar(app_id="orders", app_port=8080, http_port=0) as sidecar:
+    ...     print(sidecar.http_port)
+    """
+
+    def __init__(self, config: Config | None = None, **settings: Any) -> None:
+        base = config or Config()
+        self.config = dataclasses.replace(base, **settings) if settings else base
+        self.resources: Resources | None = None
+        self.context: SidecarContext | None = None
+        self._servers: list[asyncio.base_events.Server] = []
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._stopped: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        state = "running" if self._servers else "stopped"
+        return f"<Sidecar {self.config.app_id!r} {state} ports={self.http_ports}>"
+
+    @property
+    def http_ports(self) -> list[int]:
+        ports: list[int] = []
+        for server in self._servers:
+            for sock in server.sockets:
+                port = sock.getsockname()[1]
+                if port not in ports:
+                    ports.append(port)
+        return ports
+
+    @property
+    def http_port(self) -> int:
+        """The bound public port (the real one when port 0 was asked for)."""
+        ports = self.http_ports
+        if not ports:
+            raise RuntimeError("the sidecar is not started")
+        return ports[0]
+
+    async def start(self) -> None:
+        config = self.config
+        self.resources = load_resources(config.resources_paths, config.config_file, config.app_id)
+        for kind in self.resources.skipped_kinds:
+            log.info("resources of kind %s are not handled yet; skipped", kind)
+        clock = Clock()
+        self.context = SidecarContext(config, self.resources, clock)
+        self._stopped = asyncio.Event()
+        await self._bind()
+        loop = asyncio.get_running_loop()
+        self._tick_handle = loop.call_later(1.0, self._tick)
+        log.info(
+            "fastproxy %s listening on %s port %d (app channel %s:%s)",
+            config.app_id,
+            ",".join(config.listen_addresses),
+            self.http_port,
+            config.app_channel_address,
+            config.app_port,
+        )
+
+    async def _bind(self) -> None:
+        loop = asyncio.get_running_loop()
+        ctx = self.context
+        assert ctx is not None
+        port = self.config.http_port
+        errors: list[str] = []
+        for address in self.config.listen_addresses:
+            try:
+                server = await loop.create_server(
+                    lambda: DownstreamProtocol(ctx),
+                    host=address,
+                    port=port,
+                    reuse_address=True,
+                    backlog=4096,
+                )
+            except OSError as exc:
+                if _is_unavailable_address(address, exc):
+                    errors.append(f"{address}: {exc.strerror}")
+                    continue
+                await self._close_servers()
+                raise
+            for sock in server.sockets:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._servers.append(server)
+            if port == 0:
+                port = server.sockets[0].getsockname()[1]
+        if not self._servers:
+            raise OSError(f"could not listen on any address: {'; '.join(errors)}")
+        for error in errors:
+            log.warning("not listening on %s", error)
+
+    def _tick(self) -> None:
+        ctx = self.context
+        if ctx is None:
+            return
+        try:
+            ctx.tick()
+        finally:
+            self._tick_handle = asyncio.get_running_loop().call_later(1.0, self._tick)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish within the grace period, then close."""
+        ctx = self.context
+        if ctx is None:
+            return
+        grace = self.config.graceful_shutdown_seconds if grace is None else grace
+        ctx.draining = True
+        await self._close_servers()
+        for conn in list(ctx.connections):
+            conn.drain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while ctx.connections and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(ctx.connections):
+            conn.abort()
+        ctx.forwarder.close()
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+        await asyncio.sleep(0)
+        self.context = None
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def _close_servers(self) -> None:
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
+        for server in servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 0.5)
+
+    async def wait_stopped(self) -> None:
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> Sidecar:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+def _is_unavailable_address(address: str, exc: OSError) -> bool:
+    """IPv6 loopback missing on a host is not fatal when another address is bound."""
+    return address in ("::1", "::") and exc.errno in (99, 97, -9, -2)
+
+
+async def serve(config: Config) -> int:
+    sidecar = Sidecar(config)
+    await sidecar.start()
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+    await stop_requested.wait()
+    log.info("shutting down: draining for up to %ss", config.graceful_shutdown_seconds)
+    await sidecar.stop()
+    return 0
+
+
+def install_uvloop() -> None:
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def run(config: Config) -> int:
+    """Blocking entry point of `fastproxy run`."""
+    setup_logging(config.log_level, config.log_as_json)
+    install_uvloop()
+    try:
+        return asyncio.run(serve(config))
+    except OSError as exc:
+        log.error("fastproxy: %s", exc)
+        return 1

@@ -1,0 +1,366 @@
+"""One keep-alive connection to an upstream: writes requests, parses responses.
+
+The response is re-framed for the client as it is parsed and spliced to the
+client transport once per upstream read. A connection goes back to its pool
+only when its response ended exactly at its framed end, on a connection the
+upstream will keep open, after the whole request was written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from typing import TYPE_CHECKING, Protocol, cast
+
+from httptools import HttpParserCallbackError, HttpParserError, HttpResponseParser
+
+from fastproxy.wire import (
+    CHUNKED,
+    CONNECTION_CLOSE,
+    CONNECTION_KEEP_ALIVE,
+    COLON_SP,
+    CRLF,
+    LAST_CHUNK,
+    status_line,
+)
+
+if TYPE_CHECKING:
+    from fastproxy.upstream.pool import Pool
+
+# Response headers the client never sees from us as the upstream wrote them:
+# hop-by-hop fields, and the framing we decide ourselves.
+_RESPONSE_DROP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"http2-settings",
+        b"te",
+        b"trailer",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"content-length",
+        b"dapr-app-id",
+    }
+)
+_HEAD_END = b"\r\n\r\n"
+# Pause the client-facing side when this much response data waits to be written.
+WRITE_HIGH_WATER = 64 * 1024
+
+
+class ConnectionState(enum.Enum):
+    CONNECTING = "connecting"
+    IDLE = "idle"
+    ACTIVE = "active"
+    CLOSED = "closed"
+
+
+class Client(Protocol):
+    """What a connection needs from the exchange it serves (`forwarder.Exchange`)."""
+
+    is_head: bool
+    http10: bool
+    response_started: bool
+    request_sent: bool
+
+    def client_write(self, data: bytes) -> None: ...
+    def client_closing(self) -> bool: ...
+    def response_finished(self, reusable: bool, close_client: bool) -> None: ...
+    def upstream_failed(self, reason: str, got_response_bytes: bool) -> None: ...
+    def upstream_paused(self, paused: bool) -> None: ...
+
+
+class _ExtraResponse(Exception):
+    """Bytes after the end of the response: the connection is poisoned."""
+
+
+class _HeadResponseDone(Exception):
+    """A response to HEAD ends with its head; the parser cannot be told so."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_client_chunked",
+        "_client_close",
+        "_complete",
+        "_content_length",
+        "_eof_framed",
+        "_got_bytes",
+        "_headers",
+        "_informational",
+        "_keep_alive",
+        "_named_drops",
+        "_out",
+        "_parser",
+        "_reason",
+        "_upstream_chunked",
+        "exchange",
+        "idle_since",
+        "pool",
+        "requests_served",
+        "state",
+        "transport",
+    )
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.state = ConnectionState.CONNECTING
+        self.exchange: Client | None = None
+        self.idle_since = 0.0
+        self.requests_served = 0
+        self._parser = HttpResponseParser(self)
+        self._out: list[bytes] = []
+        self._reset_response()
+
+    def __repr__(self) -> str:
+        return (
+            f"<UpstreamConnection {self.pool.name} {self.state.value}"
+            f" served={self.requests_served}>"
+        )
+
+    def _reset_response(self) -> None:
+        self._headers: list[bytes] = []
+        self._reason = b""
+        self._content_length: bytes | None = None
+        self._named_drops: list[bytes] | None = None
+        self._client_chunked = False
+        self._client_close = False
+        self._upstream_chunked = False
+        self._eof_framed = False
+        self._informational = False
+        self._complete = False
+        self._keep_alive = False
+        self._got_bytes = False
+
+    # -- asyncio protocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.state = ConnectionState.IDLE
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None or self._complete:
+            # An idle pooled connection must stay silent; anything else poisons it.
+            self.close()
+            return
+        self._got_bytes = True
+        try:
+            self._parser.feed_data(data)
+        except HttpParserCallbackError as exc:
+            stop = exc.__context__
+            if isinstance(stop, _HeadResponseDone):
+                # Clean only when the head ended exactly at the end of this read.
+                if not data.endswith(_HEAD_END):
+                    self._keep_alive = False
+                self._parser = HttpResponseParser(self)
+            elif isinstance(stop, _ExtraResponse):
+                self._keep_alive = False
+            else:
+                raise
+        except HttpParserError as exc:
+            self._flush(exchange)
+            self._fail(f"malformed response from upstream: {exc}")
+            return
+        self._flush(exchange)
+        if self._complete:
+            self._finish(exchange)
+
+    def _flush(self, exchange: Client) -> None:
+        out = self._out
+        if out:
+            exchange.client_write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was_idle = self.state is ConnectionState.IDLE
+        self.state = ConnectionState.CLOSED
+        self.pool.discard(self, was_idle)
+        exchange = self.exchange
+        if exchange is None or self._complete:
+            return
+        if self._eof_framed:
+            # The response was delimited by the upstream closing: that is its end.
+            if self._client_chunked:
+                self._out.append(LAST_CHUNK)
+            self._complete = True
+            self._flush(exchange)
+            self._finish(exchange)
+            return
+        reason = "connection closed by upstream"
+        if exc is not None:
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        self.exchange = None
+        exchange.upstream_failed(reason, self._got_bytes)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_paused(True)
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_paused(False)
+
+    # -- httptools callbacks ------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._complete:
+            raise _ExtraResponse
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname in _RESPONSE_DROP:
+            if lname == b"content-length":
+                self._content_length = value
+            elif lname == b"transfer-encoding":
+                # llhttp frames the body as chunked only when chunked is the last coding.
+                self._upstream_chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+            elif lname == b"connection":
+                self._note_connection_tokens(value)
+            return
+        self._headers.extend((name, COLON_SP, value, CRLF))
+
+    def _note_connection_tokens(self, value: bytes) -> None:
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token and token not in (b"close", b"keep-alive"):
+                if self._named_drops is None:
+                    self._named_drops = []
+                self._named_drops.append(token)
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:
+            if status == 101:
+                raise HttpParserError("upstream switched protocols unasked")
+            # Interim responses are consumed here; the final one follows.
+            self._informational = True
+            self._headers = []
+            self._reason = b""
+            return
+        exchange = self.exchange
+        assert exchange is not None
+        headers = self._headers
+        if self._named_drops is not None:
+            headers = _without_named(headers, self._named_drops)
+        parts = [status_line(status, self._reason), *headers]
+        no_body = exchange.is_head or status == 204 or status == 304
+        length = self._content_length
+        if no_body:
+            if length is not None and status != 204:
+                parts.append(b"Content-Length: " + length + CRLF)
+        elif length is not None:
+            parts.append(b"Content-Length: " + length + CRLF)
+        else:
+            self._eof_framed = not self._upstream_chunked
+            if exchange.http10:
+                self._client_close = True
+            else:
+                self._client_chunked = True
+                parts.append(CHUNKED)
+        if self._client_close or exchange.client_closing():
+            self._client_close = True
+            parts.append(CONNECTION_CLOSE)
+        elif exchange.http10:
+            parts.append(CONNECTION_KEEP_ALIVE)
+        parts.append(CRLF)
+        self._out.append(b"".join(parts))
+        exchange.response_started = True
+        if exchange.is_head:
+            self._complete = True
+            self._keep_alive = self._parser.should_keep_alive()
+            raise _HeadResponseDone
+
+    def on_body(self, body: bytes) -> None:
+        if self._client_chunked:
+            self._out.extend((b"%x\r\n" % len(body), body, CRLF))
+        else:
+            self._out.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        if self._client_chunked:
+            self._out.append(LAST_CHUNK)
+        self._complete = True
+        self._keep_alive = self._parser.should_keep_alive()
+
+    # -- lifecycle --------------------------------------------------------
+
+    def attach(self, exchange: Client) -> None:
+        self.exchange = exchange
+        self.state = ConnectionState.ACTIVE
+        self._reset_response()
+
+    def _finish(self, exchange: Client) -> None:
+        self.requests_served += 1
+        reusable = self._keep_alive and not self._eof_framed and exchange.request_sent
+        if not reusable:
+            self.abandon()
+        exchange.response_finished(reusable, self._client_close)
+
+    def release(self) -> None:
+        """Detach from the finished exchange; the pool decides what happens next."""
+        self.exchange = None
+        self._reset_response()
+        if self.state is ConnectionState.ACTIVE:
+            self.state = ConnectionState.IDLE
+
+    def _fail(self, reason: str) -> None:
+        exchange = self.exchange
+        self.abandon()
+        if exchange is not None:
+            exchange.upstream_failed(reason, True)
+
+    def set_reading_paused(self, paused: bool) -> None:
+        transport = self.transport
+        if transport is None or self.state is ConnectionState.CLOSED:
+            return
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def writelines(self, parts: list[bytes] | tuple[bytes, ...]) -> None:
+        assert self.transport is not None
+        self.transport.writelines(parts)
+
+    def abandon(self) -> None:
+        """Close without telling the exchange: it already knows why."""
+        self.exchange = None
+        self.close()
+
+    def close(self) -> None:
+        """Close without reuse; `connection_lost` reports to the pool."""
+        if self.state is not ConnectionState.CLOSED and self.transport is not None:
+            self.transport.abort()
+        self.state = ConnectionState.CLOSED
+
+    @property
+    def is_idle(self) -> bool:
+        return self.state is ConnectionState.IDLE
+
+
+def _without_named(headers: list[bytes], names: list[bytes]) -> list[bytes]:
+    """Drop response headers that the upstream's `Connection` header named."""
+    kept: list[bytes] = []
+    for i in range(0, len(headers), 4):
+        if headers[i].lower() not in names:
+            kept.extend(headers[i : i + 4])
+    return kept

@@ -1,0 +1,200 @@
+"""Keep-alive connections to one upstream endpoint, within limits.
+
+`acquire` is synchronous: an idle connection is handed out without an
+`await`; only a new connection costs a task. Waiters beyond the connection
+limit are served in arrival order as connections come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from fastproxy.upstream.connection import ConnectionState, UpstreamConnection
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a pool connects, and how the requests it carries name their host."""
+
+    host: str
+    port: int
+    tls: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    base_path: bytes = b""
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self.tls is not None else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def host_header(self) -> bytes:
+        host = self.server_hostname or self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return b"Host: %s:%d\r\n" % (host.encode("idna"), self.port)
+
+
+class Waiter(Protocol):
+    """An exchange waiting for a connection (`forwarder.Exchange`)."""
+
+    def attach(self, conn: UpstreamConnection) -> None: ...
+    def connect_failed(self, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    max_connections: int = 1024
+    max_idle: int = 64
+    idle_timeout: float = 30.0
+    connect_timeout: float = 5.0
+
+
+class Pool:
+    __slots__ = (
+        "_clock",
+        "_dials",
+        "_idle",
+        "_loop",
+        "_waiters",
+        "closed",
+        "endpoint",
+        "host_header",
+        "limits",
+        "name",
+        "open_count",
+    )
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        limits: PoolLimits,
+        clock: Callable[[], float],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.limits = limits
+        self.name = endpoint.name
+        self.host_header = endpoint.host_header
+        self._clock = clock
+        self._loop = loop or asyncio.get_running_loop()
+        self._idle: list[UpstreamConnection] = []
+        self._waiters: deque[Waiter] = deque()
+        self._dials: set[asyncio.Future[None]] = set()
+        self.open_count = 0
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<Pool {self.name} open={self.open_count} idle={len(self._idle)}"
+            f" waiting={len(self._waiters)}>"
+        )
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    def acquire(self, waiter: Waiter, fresh: bool = False) -> UpstreamConnection | None:
+        """An idle connection now, or None and `waiter.attach` / `connect_failed` later."""
+        if not fresh:
+            idle = self._idle
+            while idle:
+                conn = idle.pop()
+                if conn.state is ConnectionState.IDLE:
+                    return conn
+        if self.open_count < self.limits.max_connections:
+            self._dial(waiter)
+        else:
+            self._waiters.append(waiter)
+        return None
+
+    def forget(self, waiter: Waiter) -> None:
+        """A waiter gave up (its client went away)."""
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """A connection whose response was read to its end, clean for reuse."""
+        conn.release()
+        if conn.state is not ConnectionState.IDLE:
+            return
+        if self._waiters:
+            self._waiters.popleft().attach(conn)
+            return
+        if self.closed or len(self._idle) >= self.limits.max_idle:
+            conn.close()
+            return
+        conn.idle_since = self._clock()
+        self._idle.append(conn)
+
+    def discard(self, conn: UpstreamConnection, was_idle: bool) -> None:
+        """Called once per connection when it closes."""
+        self.open_count -= 1
+        if was_idle:
+            try:
+                self._idle.remove(conn)
+            except ValueError:
+                pass
+        if self._waiters and self.open_count < self.limits.max_connections and not self.closed:
+            self._dial(self._waiters.popleft())
+
+    def sweep(self, now: float) -> None:
+        """Close connections idle for longer than the idle timeout."""
+        limit = now - self.limits.idle_timeout
+        stale = [c for c in self._idle if c.idle_since < limit]
+        for conn in stale:
+            conn.close()
+
+    def close(self) -> None:
+        self.closed = True
+        for conn in list(self._idle):
+            conn.close()
+        self._idle.clear()
+        for dial in list(self._dials):
+            dial.cancel()
+
+    # -- dialing ------------------------------------------------------------
+
+    def _dial(self, waiter: Waiter) -> None:
+        self.open_count += 1
+        dial = asyncio.ensure_future(self._connect(waiter), loop=self._loop)
+        self._dials.add(dial)
+        dial.add_done_callback(self._dials.discard)
+
+    async def _connect(self, waiter: Waiter) -> None:
+        endpoint = self.endpoint
+        try:
+            async with asyncio.timeout(self.limits.connect_timeout):
+                _, conn = await self._loop.create_connection(
+                    lambda: UpstreamConnection(self),
+                    endpoint.host,
+                    endpoint.port,
+                    ssl=endpoint.tls,
+                    server_hostname=endpoint.server_hostname if endpoint.tls else None,
+                )
+        except asyncio.CancelledError:
+            self.open_count -= 1
+            raise
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            self.open_count -= 1
+            waiter.connect_failed(_describe_dial_error(endpoint, exc))
+            return
+        if self.closed:
+            conn.close()
+            return
+        waiter.attach(conn)
+
+
+def _describe_dial_error(endpoint: Endpoint, exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"dial tcp {endpoint.host}:{endpoint.port}: i/o timeout"
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return f"dial tcp {endpoint.host}:{endpoint.port}: {detail or type(exc).__name__}"
