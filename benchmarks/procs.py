@@ -23,9 +23,11 @@ from benchmarks.procstat import CpuTicks, children, read_cpu_ticks
 _PR_SET_PDEATHSIG = 1
 
 
-def _set_parent_death_signal() -> None:
-    # Runs in the child between fork and exec: if the harness is SIGKILLed, the kernel
-    # sends SIGTERM to the child (nginx masters then take their workers down with them).
+def set_parent_death_signal() -> None:
+    """preexec_fn: have the kernel SIGTERM this child if the harness dies, even by SIGKILL.
+
+    nginx masters then take their workers down with them; wrk just stops.
+    """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -49,7 +51,7 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             # The harness is single-threaded, so preexec_fn's fork-safety caveat does not apply.
-            preexec_fn=_set_parent_death_signal,  # noqa: PLW1509
+            preexec_fn=set_parent_death_signal,  # noqa: PLW1509
         )
 
     @property

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from fastproxy.config.model import HTTPEndpoint
-from fastproxy.errors import InvokeError, ProxyError, invoke_failure
+from fastproxy.errors import ProxyError, invoke_failure
 from fastproxy.routing import Invocation, TargetKind
 from fastproxy.upstream.connection import UpstreamConnection
 from fastproxy.upstream.pool import Endpoint, Pool, PoolLimits
@@ -48,6 +48,7 @@ class Exchange:
         "_retried",
         "_target",
         "cancelled",
+        "client",
         "expect_continue",
         "http10",
         "is_head",
@@ -64,7 +65,6 @@ class Exchange:
         pool: Pool,
         head: bytes,
         target: str,
-        *,
         chunked_in: bool,
         keep_alive: bool,
         is_head: bool,
@@ -73,6 +73,7 @@ class Exchange:
         expect_continue: bool,
     ) -> None:
         self._downstream = downstream
+        self.client = downstream.transport
         self._pool = pool
         self._head = head
         self._target = target
@@ -170,13 +171,14 @@ class Exchange:
         self._conn = conn
         conn.attach(self)
         pending = self._pending
-        self._pending = None
         if pending:
+            self._pending = None
             conn.writelines([self._head, *pending])
             if self._buffered > PENDING_HIGH_WATER:
                 self._downstream.pause_for_upstream(False)
             self._buffered = 0
         else:
+            self._pending = None
             conn.write(self._head)
         if self.request_done:
             self.request_sent = True
@@ -215,19 +217,10 @@ class Exchange:
     def upstream_paused(self, paused: bool) -> None:
         self._downstream.pause_for_upstream(paused)
 
-    def client_write(self, data: bytes) -> None:
-        self._downstream.write(data)
-
-    def client_closing(self) -> bool:
-        return not self.keep_alive or self._downstream.closing_after_response()
-
-    def response_finished(self, reusable: bool, close_client: bool) -> None:
-        conn = self._conn
+    def response_finished(self, conn: UpstreamConnection, reusable: bool) -> None:
         self._conn = None
-        if conn is not None and reusable:
+        if reusable:
             self._pool.release(conn)
-        if close_client:
-            self.keep_alive = False
         self.response_done = True
         self._downstream.response_finished(self)
 
@@ -247,13 +240,13 @@ class Forwarder:
     """Builds exchanges; owns the upstream pools (app channel, endpoints, URLs)."""
 
     __slots__ = (
-        "_app_api_token_line",
         "_app_pool",
         "_caller_lines",
         "_endpoint_headers",
         "_endpoint_pools",
         "_limits",
         "_make_pool",
+        "_self_extra",
         "_url_pools",
         "app_id",
     )
@@ -280,8 +273,12 @@ class Forwarder:
             b"dapr-caller-app-id: %s\r\ndapr-caller-namespace: %s\r\n"
             % (app_id.encode(), namespace.encode())
         )
-        self._app_api_token_line = (
+        app_token_line = (
             b"dapr-api-token: " + app_api_token.encode() + CRLF if app_api_token else b""
+        )
+        # Everything a self call adds to the head, computed once.
+        self._self_extra = (
+            self._caller_lines + b"dapr-callee-app-id: " + app_id.encode() + CRLF + app_token_line
         )
         self._endpoint_pools: dict[str, Pool] = {}
         self._endpoint_headers: dict[str, tuple[bytes, frozenset[bytes]]] = {}
@@ -310,71 +307,55 @@ class Forwarder:
         query: bytes,
         headers: list[bytes],
         framing: bytes,
-        *,
         chunked_in: bool,
-        has_body: bool,
         keep_alive: bool,
         http10: bool,
         expect_continue: bool,
     ) -> Exchange:
-        """The exchange for an invocation; raises ProxyError when it cannot be made."""
+        """The exchange for an invocation; raises ProxyError when it cannot be made.
+
+        `headers` is the client's header block as a flat list (name, ": ",
+        value, CRLF) after a free slot at index 0, which receives the request
+        line; it is consumed.
+        """
         kind = invocation.kind
-        extra = b""
         if kind is TargetKind.APP:
-            if not invocation.is_self:
-                raise invoke_failure(
-                    invocation.target, f"couldn't find service: {invocation.target}"
-                )
             pool = self._app_pool
-            if pool is None:
-                raise InvokeError(
-                    f"failed to invoke, id: {invocation.target}, err: app channel is not"
-                    " initialized: no --app-port was given"
-                )
-            extra = (
-                self._caller_lines
-                + b"dapr-callee-app-id: "
-                + invocation.app_id.encode()
-                + CRLF
-                + self._app_api_token_line
-            )
+            if not invocation.is_self or pool is None:
+                raise self._no_route(invocation)
+            extra = self._self_extra
         elif kind is TargetKind.ENDPOINT:
             pool = self._endpoint_pools[invocation.target]
-            lines, names = self._endpoint_headers[invocation.target]
+            extra, names = self._endpoint_headers[invocation.target]
             if names:
                 headers = _without(headers, names)
-            extra = lines
         else:
             pool = self._url_pool(invocation.target)
-        path = pool.endpoint.base_path + invocation.method if pool.endpoint.base_path else (
-            invocation.method
-        )
-        head = b"".join(
-            (
-                method,
-                b" ",
-                path,
-                query,
-                HTTP11,
-                pool.host_header,
-                *headers,
-                extra,
-                CHUNKED if chunked_in else framing,
-                CRLF,
-            )
-        )
-        replayable = method in _IDEMPOTENT and not chunked_in
+            extra = b""
+        endpoint = pool.endpoint
+        path = endpoint.base_path + invocation.method if endpoint.base_path else invocation.method
+        headers[0] = method + b" " + path + query + HTTP11 + pool.host_header
+        headers.append(extra)
+        headers.append(CHUNKED if chunked_in else framing)
+        headers.append(CRLF)
         return Exchange(
             downstream,
             pool,
-            head,
+            b"".join(headers),
             invocation.target,
-            chunked_in=chunked_in,
-            keep_alive=keep_alive,
-            is_head=method == b"HEAD",
-            http10=http10,
-            replayable=replayable,
-            expect_continue=expect_continue and has_body,
+            chunked_in,
+            keep_alive,
+            method == b"HEAD",
+            http10,
+            not chunked_in and method in _IDEMPOTENT,
+            expect_continue,
+        )
+
+    def _no_route(self, invocation: Invocation) -> ProxyError:
+        if not invocation.is_self:
+            return invoke_failure(invocation.target, f"couldn't find service: {invocation.target}")
+        return invoke_failure(
+            invocation.target, "app channel is not initialized: no --app-port was given"
         )
 
     def _url_pool(self, target: str) -> Pool:
@@ -445,8 +426,9 @@ def _load_pem_pair(context: ssl.SSLContext, certificate: str, private_key: str) 
 
 
 def _without(headers: list[bytes], names: frozenset[bytes]) -> list[bytes]:
-    kept: list[bytes] = []
-    for i in range(0, len(headers), 4):
+    """The header list without the named fields (index 0 is the request-line slot)."""
+    kept: list[bytes] = [headers[0]]
+    for i in range(1, len(headers), 4):
         if headers[i].lower() not in names:
             kept.extend(headers[i : i + 4])
     return kept

@@ -30,7 +30,7 @@ from fastproxy.errors import (
     RequestTimeoutError,
     UnauthorizedError,
 )
-from fastproxy.routing import basic_auth_app_id, local_route, token_exempt
+from fastproxy.routing import INVOKE_PREFIX, basic_auth_app_id, local_route, token_exempt
 from fastproxy.wire import COLON_SP, CRLF, error_response
 
 if TYPE_CHECKING:
@@ -185,6 +185,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "_content_length",
         "_ctx",
         "_current",
+        "_dirty",
         "_expect_continue",
         "_gate",
         "_head_size",
@@ -228,12 +229,15 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def _reset_request(self) -> None:
         self._url = b""
-        self._headers: list[bytes] = []
+        # Index 0 is kept free for the request line the forwarder writes.
+        self._headers: list[bytes] = [b""]
         self._head_size = 0
         self._header_count = 0
         self._host_count = 0
         self._content_length: bytes | None = None
         self._chunked = False
+        # The rare fields below are only reset when a request set one of them.
+        self._dirty = False
         self._connection_tokens: list[bytes] | None = None
         self._expect_continue = False
         self._app_id_header: bytes | None = None
@@ -306,7 +310,15 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._in_head = True
-        self._reset_request()
+        self._url = b""
+        self._headers = [b""]
+        self._head_size = 0
+        self._header_count = 0
+        self._host_count = 0
+        self._content_length = None
+        self._chunked = False
+        if self._dirty:
+            self._reset_request()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -336,8 +348,17 @@ class DownstreamProtocol(asyncio.Protocol):
             self._content_length = value
         elif kind == _TRANSFER_ENCODING:
             self._chunked = True
-        elif kind == _CONNECTION:
-            self._note_connection_tokens(value)
+        elif kind == _DROP:
+            return
+        else:
+            self._dirty = True
+            self._note_special(kind, name, value)
+
+    def _note_special(self, kind: int, name: bytes, value: bytes) -> None:
+        if kind == _CONNECTION:
+            lowered = value.lower()
+            if lowered != b"keep-alive" and lowered != b"close":
+                self._note_connection_tokens(value)
         elif kind == _APP_ID:
             self._app_id_header = value
         elif kind == _API_TOKEN:
@@ -426,9 +447,10 @@ class DownstreamProtocol(asyncio.Protocol):
             given = self._api_token
             if given is None or not hmac.compare_digest(given, expected):
                 raise UnauthorizedError("invalid api token")
-        local = local_route(method, path)
-        if local is not None:
-            return ctx.local_reply(self, local, path, query, keep_alive)
+        if not path.startswith(INVOKE_PREFIX):
+            local = local_route(method, path)
+            if local is not None:
+                return ctx.local_reply(self, local, path, query, keep_alive)
         app_id = self._app_id_header
         if app_id is None and self._authorization is not None:
             app_id = basic_auth_app_id(self._authorization)
@@ -439,9 +461,7 @@ class DownstreamProtocol(asyncio.Protocol):
         headers = self._headers
         if self._connection_tokens is not None:
             headers = _without_tokens(headers, self._connection_tokens)
-        if self._chunked:
-            framing = b""
-        elif content_length is not None:
+        if content_length is not None and not self._chunked:
             framing = b"Content-Length: " + content_length + CRLF
         else:
             framing = b""
@@ -452,11 +472,10 @@ class DownstreamProtocol(asyncio.Protocol):
             query,
             headers,
             framing,
-            chunked_in=self._chunked,
-            has_body=has_body,
-            keep_alive=keep_alive,
-            http10=http10,
-            expect_continue=self._expect_continue and not http10,
+            self._chunked,
+            keep_alive,
+            http10,
+            self._expect_continue and has_body and not http10,
         )
 
     # -- ordering ----------------------------------------------------------
@@ -603,8 +622,8 @@ def _origin_form(url: bytes) -> bytes:
 
 
 def _without_tokens(headers: list[bytes], tokens: list[bytes]) -> list[bytes]:
-    kept: list[bytes] = []
-    for i in range(0, len(headers), 4):
+    kept: list[bytes] = [headers[0]]
+    for i in range(1, len(headers), 4):
         if headers[i].lower() not in tokens:
             kept.extend(headers[i : i + 4])
     return kept

@@ -21,6 +21,7 @@ from fastproxy.wire import (
     COLON_SP,
     CRLF,
     LAST_CHUNK,
+    STATUS_LINES,
     status_line,
 )
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 # Response headers the client never sees from us as the upstream wrote them:
 # hop-by-hop fields, and the framing we decide ourselves.
-_RESPONSE_DROP = frozenset(
+_RESPONSE_SPECIAL = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -60,14 +61,14 @@ class ConnectionState(enum.Enum):
 class Client(Protocol):
     """What a connection needs from the exchange it serves (`forwarder.Exchange`)."""
 
+    client: asyncio.Transport
     is_head: bool
     http10: bool
+    keep_alive: bool
     response_started: bool
     request_sent: bool
 
-    def client_write(self, data: bytes) -> None: ...
-    def client_closing(self) -> bool: ...
-    def response_finished(self, reusable: bool, close_client: bool) -> None: ...
+    def response_finished(self, conn: UpstreamConnection, reusable: bool) -> None: ...
     def upstream_failed(self, reason: str, got_response_bytes: bool) -> None: ...
     def upstream_paused(self, paused: bool) -> None: ...
 
@@ -94,7 +95,6 @@ class UpstreamConnection(asyncio.Protocol):
         "_named_drops",
         "_out",
         "_parser",
-        "_reason",
         "_upstream_chunked",
         "exchange",
         "idle_since",
@@ -113,6 +113,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests_served = 0
         self._parser = HttpResponseParser(self)
         self._out: list[bytes] = []
+        self._complete = False
+        self._got_bytes = False
+        self._keep_alive = False
         self._reset_response()
 
     def __repr__(self) -> str:
@@ -122,18 +125,16 @@ class UpstreamConnection(asyncio.Protocol):
         )
 
     def _reset_response(self) -> None:
-        self._headers: list[bytes] = []
-        self._reason = b""
+        # The head list starts with a slot for the status line. The framing
+        # flags for the client are all set in on_headers_complete.
+        self._headers: list[bytes] = [b""]
         self._content_length: bytes | None = None
         self._named_drops: list[bytes] | None = None
+        self._upstream_chunked = False
+        self._informational = False
         self._client_chunked = False
         self._client_close = False
-        self._upstream_chunked = False
         self._eof_framed = False
-        self._informational = False
-        self._complete = False
-        self._keep_alive = False
-        self._got_bytes = False
 
     # -- asyncio protocol -------------------------------------------------
 
@@ -167,15 +168,22 @@ class UpstreamConnection(asyncio.Protocol):
             self._flush(exchange)
             self._fail(f"malformed response from upstream: {exc}")
             return
-        self._flush(exchange)
+        out = self._out
+        if out:
+            client = exchange.client
+            if not client.is_closing():
+                client.write(b"".join(out))
+            self._out = []
         if self._complete:
             self._finish(exchange)
 
     def _flush(self, exchange: Client) -> None:
         out = self._out
         if out:
-            exchange.client_write(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
+            client = exchange.client
+            if not client.is_closing():
+                client.write(b"".join(out))
+            self._out = []
 
     def eof_received(self) -> bool | None:
         return None
@@ -214,19 +222,19 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._complete:
             raise _ExtraResponse
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
+        self._reset_response()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         lname = name.lower()
-        if lname in _RESPONSE_DROP:
+        if lname in _RESPONSE_SPECIAL:
             if lname == b"content-length":
+                # Passed through as sent: llhttp has checked it is one valid length.
                 self._content_length = value
+                self._headers.extend((name, COLON_SP, value, CRLF))
             elif lname == b"transfer-encoding":
                 # llhttp frames the body as chunked only when chunked is the last coding.
                 self._upstream_chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-            elif lname == b"connection":
+            elif lname == b"connection" and value != b"keep-alive" and value != b"close":
                 self._note_connection_tokens(value)
             return
         self._headers.extend((name, COLON_SP, value, CRLF))
@@ -246,36 +254,31 @@ class UpstreamConnection(asyncio.Protocol):
                 raise HttpParserError("upstream switched protocols unasked")
             # Interim responses are consumed here; the final one follows.
             self._informational = True
-            self._headers = []
-            self._reason = b""
             return
         exchange = self.exchange
         assert exchange is not None
-        headers = self._headers
+        parts = self._headers
         if self._named_drops is not None:
-            headers = _without_named(headers, self._named_drops)
-        parts = [status_line(status, self._reason), *headers]
-        no_body = exchange.is_head or status == 204 or status == 304
-        length = self._content_length
-        if no_body:
-            if length is not None and status != 204:
-                parts.append(b"Content-Length: " + length + CRLF)
-        elif length is not None:
-            parts.append(b"Content-Length: " + length + CRLF)
-        else:
+            parts = _without_named(parts, self._named_drops)
+        # Like daprd, the status line is ours: the upstream's reason phrase is not kept.
+        parts[0] = STATUS_LINES.get(status) or status_line(status)
+        if self._content_length is None and not (
+            exchange.is_head or status == 204 or status == 304
+        ):
             self._eof_framed = not self._upstream_chunked
             if exchange.http10:
                 self._client_close = True
             else:
                 self._client_chunked = True
                 parts.append(CHUNKED)
-        if self._client_close or exchange.client_closing():
+        if self._client_close or not exchange.keep_alive:
             self._client_close = True
             parts.append(CONNECTION_CLOSE)
         elif exchange.http10:
             parts.append(CONNECTION_KEEP_ALIVE)
         parts.append(CRLF)
-        self._out.append(b"".join(parts))
+        # The body is appended to the same list: one join per upstream read.
+        self._out = parts
         exchange.response_started = True
         if exchange.is_head:
             self._complete = True
@@ -302,21 +305,20 @@ class UpstreamConnection(asyncio.Protocol):
     def attach(self, exchange: Client) -> None:
         self.exchange = exchange
         self.state = ConnectionState.ACTIVE
-        self._reset_response()
+        self._complete = False
+        self._got_bytes = False
 
     def _finish(self, exchange: Client) -> None:
         self.requests_served += 1
-        reusable = self._keep_alive and not self._eof_framed and exchange.request_sent
-        if not reusable:
-            self.abandon()
-        exchange.response_finished(reusable, self._client_close)
-
-    def release(self) -> None:
-        """Detach from the finished exchange; the pool decides what happens next."""
-        self.exchange = None
-        self._reset_response()
-        if self.state is ConnectionState.ACTIVE:
+        if self._client_close:
+            exchange.keep_alive = False
+        if self._keep_alive and not self._eof_framed and exchange.request_sent:
+            self.exchange = None
             self.state = ConnectionState.IDLE
+            exchange.response_finished(self, True)
+        else:
+            self.abandon()
+            exchange.response_finished(self, False)
 
     def _fail(self, reason: str) -> None:
         exchange = self.exchange
@@ -334,12 +336,14 @@ class UpstreamConnection(asyncio.Protocol):
             transport.resume_reading()
 
     def write(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
+        transport = self.transport
+        if transport is not None and self.state is ConnectionState.ACTIVE:
+            transport.write(data)
 
     def writelines(self, parts: list[bytes] | tuple[bytes, ...]) -> None:
-        assert self.transport is not None
-        self.transport.writelines(parts)
+        transport = self.transport
+        if transport is not None and self.state is ConnectionState.ACTIVE:
+            transport.writelines(parts)
 
     def abandon(self) -> None:
         """Close without telling the exchange: it already knows why."""
@@ -358,9 +362,12 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 def _without_named(headers: list[bytes], names: list[bytes]) -> list[bytes]:
-    """Drop response headers that the upstream's `Connection` header named."""
-    kept: list[bytes] = []
-    for i in range(0, len(headers), 4):
+    """Drop response headers that the upstream's `Connection` header named.
+
+    `headers[0]` is the status-line slot; name, ": ", value, CRLF follow.
+    """
+    kept: list[bytes] = [headers[0]]
+    for i in range(1, len(headers), 4):
         if headers[i].lower() not in names:
             kept.extend(headers[i : i + 4])
     return kept

@@ -123,7 +123,6 @@ class Pool:
 
     def release(self, conn: UpstreamConnection) -> None:
         """A connection whose response was read to its end, clean for reuse."""
-        conn.release()
         if conn.state is not ConnectionState.IDLE:
             return
         if self._waiters:
