@@ -8,6 +8,7 @@ with flow control on both legs, and decides about the connection at the end.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
@@ -73,7 +74,8 @@ class Exchange:
         expect_continue: bool,
     ) -> None:
         self._downstream = downstream
-        self.client = downstream.transport
+        assert downstream.transport is not None
+        self.client: asyncio.Transport = downstream.transport
         self._pool = pool
         self._head = head
         self._target = target
@@ -269,9 +271,9 @@ class Forwarder:
 
         self._make_pool = make_pool
         self._app_pool = make_pool(app_endpoint) if app_endpoint is not None else None
-        self._caller_lines = (
-            b"dapr-caller-app-id: %s\r\ndapr-caller-namespace: %s\r\n"
-            % (app_id.encode(), namespace.encode())
+        self._caller_lines = b"dapr-caller-app-id: %s\r\ndapr-caller-namespace: %s\r\n" % (
+            app_id.encode(),
+            namespace.encode(),
         )
         app_token_line = (
             b"dapr-api-token: " + app_api_token.encode() + CRLF if app_api_token else b""

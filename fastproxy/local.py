@@ -44,8 +44,9 @@ class Metadata:
         return dict(self._extended)
 
 
-def metadata_document(ctx_id: str, app_port: int | None, channel_address: str,
-                      endpoint_names: list[str]) -> dict[str, Any]:
+def metadata_document(
+    ctx_id: str, app_port: int | None, channel_address: str, endpoint_names: list[str]
+) -> dict[str, Any]:
     document: dict[str, Any] = {
         "id": ctx_id,
         "runtimeVersion": RUNTIME_VERSION,
@@ -74,17 +75,22 @@ def local_reply(
         wanted = _query_value(query, "appid")
         if wanted is not None and wanted != ctx.config.app_id:
             body = error_body("ERR_HEALTH_APPID_NOT_MATCH", "dapr app-id does not match")
-            return LocalReply(conn, local_response(clock, 500, body, keep_alive=keep_alive),
-                              keep_alive, limit)
-        return LocalReply(conn, local_response(clock, 204, keep_alive=keep_alive), keep_alive,
-                          limit)
+            return LocalReply(
+                conn, local_response(clock, 500, body, keep_alive=keep_alive), keep_alive, limit
+            )
+        return LocalReply(
+            conn, local_response(clock, 204, keep_alive=keep_alive), keep_alive, limit
+        )
     if route is LocalRoute.HEALTHZ_OUTBOUND:
-        return LocalReply(conn, local_response(clock, 204, keep_alive=keep_alive), keep_alive,
-                          limit)
+        return LocalReply(
+            conn, local_response(clock, 204, keep_alive=keep_alive), keep_alive, limit
+        )
     if route is LocalRoute.METADATA:
         return LocalReply(
-            conn, local_response(clock, 200, ctx.metadata.body(), keep_alive=keep_alive),
-            keep_alive, limit,
+            conn,
+            local_response(clock, 200, ctx.metadata.body(), keep_alive=keep_alive),
+            keep_alive,
+            limit,
         )
     key = path.rsplit(b"/", 1)[-1].decode("utf-8", "replace")
 

@@ -13,9 +13,7 @@ from urllib.parse import unquote_to_bytes
 from fastproxy.errors import InvokeError
 
 # Bytes that may stand unescaped in a path segment (RFC 3986 pchar and "/").
-_PATH_SAFE = (
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/"
-)
+_PATH_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/"
 _FORBIDDEN = bytes(range(0x20)) + b"\x7f#?"
 # After decoding, everything but the forbidden bytes is allowed (it gets re-encoded).
 _ALLOWED_AFTER_DECODING = bytes(b for b in range(256) if b not in _FORBIDDEN)

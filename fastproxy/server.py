@@ -24,7 +24,6 @@ from fastproxy.wire import Clock
 log = logging.getLogger("fastproxy")
 
 
-
 class Sidecar:
     """One sidecar inside a running event loop.
 

@@ -179,6 +179,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "_api_token",
         "_app_id_header",
         "_authorization",
+        "_body_size",
         "_chunked",
         "_closing",
         "_connection_tokens",
@@ -189,6 +190,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "_expect_continue",
         "_gate",
         "_head_size",
+        "_head_started",
         "_header_count",
         "_headers",
         "_host_count",
@@ -217,6 +219,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self._closing = False
         self._ignore_input = False
         self._in_head = False
+        self._head_started = ctx.clock.now
+        self._body_size = 0
         self._last_activity = ctx.clock.now
         self._write_paused_since: float | None = None
         self._reset_request()
@@ -294,6 +298,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if self._active is None and not self._in_head:
             return None
         self._ignore_input = True
+        self._closing = True
         return True
 
     def pause_writing(self) -> None:
@@ -310,6 +315,8 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._head_started = self._ctx.clock.now
+        self._body_size = 0
         self._url = b""
         self._headers = [b""]
         self._head_size = 0
@@ -357,7 +364,7 @@ class DownstreamProtocol(asyncio.Protocol):
     def _note_special(self, kind: int, name: bytes, value: bytes) -> None:
         if kind == _CONNECTION:
             lowered = value.lower()
-            if lowered != b"keep-alive" and lowered != b"close":
+            if lowered not in {b"keep-alive", b"close"}:
                 self._note_connection_tokens(value)
         elif kind == _APP_ID:
             self._app_id_header = value
@@ -371,8 +378,8 @@ class DownstreamProtocol(asyncio.Protocol):
             self._headers.extend((name, COLON_SP, value, CRLF))
 
     def _note_connection_tokens(self, value: bytes) -> None:
-        for token in value.split(b","):
-            token = token.strip().lower()
+        for item in value.split(b","):
+            token = item.strip().lower()
             if token and token not in (b"close", b"keep-alive", b"upgrade"):
                 if token in _SPECIAL_HEADERS or token.startswith(b"x-forwarded"):
                     raise BadRequestError(
@@ -398,6 +405,13 @@ class DownstreamProtocol(asyncio.Protocol):
         self._enqueue(exchange)
 
     def on_body(self, body: bytes) -> None:
+        if self._chunked:
+            # A chunked body's size is only known as it arrives.
+            self._body_size += len(body)
+            if self._body_size > self._max_body:
+                raise BodyTooLargeError(
+                    f"request body exceeds --max-body-size of {self._max_body} bytes"
+                )
         current = self._current
         if current is not None:
             current.on_body(body)
@@ -594,7 +608,7 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         idle_for = now - self._last_activity
         if self._in_head:
-            if idle_for > config.header_timeout:
+            if now - self._head_started > config.header_timeout:
                 self._reject(RequestTimeoutError("timed out reading the request head"))
                 self.close()
             return
@@ -610,6 +624,10 @@ class DownstreamProtocol(asyncio.Protocol):
         """Shutdown: close now if idle, else after the response in flight."""
         if self._active is None and not self._in_head:
             self.close()
+            return
+        for exchange in (self._active, *self._pending):
+            if exchange is not None and not exchange.response_started:
+                exchange.keep_alive = False
 
 
 def _origin_form(url: bytes) -> bytes:

@@ -16,9 +16,9 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpResponsePars
 
 from fastproxy.wire import (
     CHUNKED,
+    COLON_SP,
     CONNECTION_CLOSE,
     CONNECTION_KEEP_ALIVE,
-    COLON_SP,
     CRLF,
     LAST_CHUNK,
     STATUS_LINES,
@@ -234,14 +234,14 @@ class UpstreamConnection(asyncio.Protocol):
             elif lname == b"transfer-encoding":
                 # llhttp frames the body as chunked only when chunked is the last coding.
                 self._upstream_chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-            elif lname == b"connection" and value != b"keep-alive" and value != b"close":
+            elif lname == b"connection" and value not in {b"keep-alive", b"close"}:
                 self._note_connection_tokens(value)
             return
         self._headers.extend((name, COLON_SP, value, CRLF))
 
     def _note_connection_tokens(self, value: bytes) -> None:
-        for token in value.split(b","):
-            token = token.strip().lower()
+        for item in value.split(b","):
+            token = item.strip().lower()
             if token and token not in (b"close", b"keep-alive"):
                 if self._named_drops is None:
                     self._named_drops = []
@@ -262,9 +262,7 @@ class UpstreamConnection(asyncio.Protocol):
             parts = _without_named(parts, self._named_drops)
         # Like daprd, the status line is ours: the upstream's reason phrase is not kept.
         parts[0] = STATUS_LINES.get(status) or status_line(status)
-        if self._content_length is None and not (
-            exchange.is_head or status == 204 or status == 304
-        ):
+        if self._content_length is None and not (exchange.is_head or status in {204, 304}):
             self._eof_framed = not self._upstream_chunked
             if exchange.http10:
                 self._client_close = True

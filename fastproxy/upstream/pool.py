@@ -8,6 +8,7 @@ limit are served in arrival order as connections come back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -116,10 +117,8 @@ class Pool:
 
     def forget(self, waiter: Waiter) -> None:
         """A waiter gave up (its client went away)."""
-        try:
+        with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
-        except ValueError:
-            pass
 
     def release(self, conn: UpstreamConnection) -> None:
         """A connection whose response was read to its end, clean for reuse."""
@@ -138,10 +137,8 @@ class Pool:
         """Called once per connection when it closes."""
         self.open_count -= 1
         if was_idle:
-            try:
+            with contextlib.suppress(ValueError):
                 self._idle.remove(conn)
-            except ValueError:
-                pass
         if self._waiters and self.open_count < self.limits.max_connections and not self.closed:
             self._dial(self._waiters.popleft())
 
