@@ -31,6 +31,8 @@ REPLAY_LIMIT = 64 * 1024
 # Body bytes buffered while no upstream connection is attached yet.
 PENDING_HIGH_WATER = 64 * 1024
 MAX_URL_POOLS = 256
+_APP = TargetKind.APP
+_ENDPOINT = TargetKind.ENDPOINT
 
 
 class Exchange:
@@ -308,7 +310,6 @@ class Forwarder:
         method: bytes,
         query: bytes,
         headers: list[bytes],
-        framing: bytes,
         chunked_in: bool,
         keep_alive: bool,
         http10: bool,
@@ -321,12 +322,12 @@ class Forwarder:
         line; it is consumed.
         """
         kind = invocation.kind
-        if kind is TargetKind.APP:
+        if kind is _APP:
             pool = self._app_pool
             if not invocation.is_self or pool is None:
                 raise self._no_route(invocation)
             extra = self._self_extra
-        elif kind is TargetKind.ENDPOINT:
+        elif kind is _ENDPOINT:
             pool = self._endpoint_pools[invocation.target]
             extra, names = self._endpoint_headers[invocation.target]
             if names:
@@ -338,7 +339,8 @@ class Forwarder:
         path = endpoint.base_path + invocation.method if endpoint.base_path else invocation.method
         headers[0] = method + b" " + path + query + HTTP11 + pool.host_header
         headers.append(extra)
-        headers.append(CHUNKED if chunked_in else framing)
+        if chunked_in:
+            headers.append(CHUNKED)
         headers.append(CRLF)
         return Exchange(
             downstream,

@@ -352,7 +352,9 @@ class DownstreamProtocol(asyncio.Protocol):
         elif kind == _HOST:
             self._host_count += 1
         elif kind == _CONTENT_LENGTH:
+            # Forwarded as sent: llhttp has checked it is one valid length.
             self._content_length = value
+            self._headers.extend((name, COLON_SP, value, CRLF))
         elif kind == _TRANSFER_ENCODING:
             self._chunked = True
         elif kind == _DROP:
@@ -429,16 +431,22 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def _open_exchange(self, parser: HttpRequestParser) -> Exchange:
         ctx = self._ctx
-        version = parser.get_http_version()
-        http10 = version == "1.0"
-        if version not in ("1.1", "1.0"):
-            raise BadRequestError(f"unsupported HTTP version {version}")
+        dirty = self._dirty
+        keep_alive: bool = parser.should_keep_alive()
+        if keep_alive and not dirty:
+            # llhttp keeps alive by default only for HTTP/1.1; a 1.0 request
+            # needs a Connection header, which marks the request dirty.
+            http10 = False
+        else:
+            version = parser.get_http_version()
+            if version not in ("1.1", "1.0"):
+                raise BadRequestError(f"unsupported HTTP version {version}")
+            http10 = version == "1.0"
+            if self._chunked and http10:
+                raise BadRequestError("Transfer-Encoding is not allowed in HTTP/1.0")
         if self._host_count != 1 and (self._host_count > 1 or not http10):
             raise BadRequestError("a request must carry exactly one Host header")
-        if self._chunked and http10:
-            raise BadRequestError("Transfer-Encoding is not allowed in HTTP/1.0")
         method: bytes = parser.get_method()
-        keep_alive: bool = parser.should_keep_alive() and not self._closing
         url = self._url
         if url[:1] != b"/":
             url = _origin_form(url)
@@ -450,47 +458,54 @@ class DownstreamProtocol(asyncio.Protocol):
         else:
             path, query = url, b""
         content_length = self._content_length
-        has_body = self._chunked or (content_length is not None and content_length != b"0")
         if content_length is not None and int(content_length) > self._max_body:
             raise BodyTooLargeError(
                 f"request body of {int(content_length)} bytes exceeds --max-body-size"
                 f" of {self._max_body} bytes"
             )
-        expected = ctx.api_token
-        if expected is not None and not token_exempt(method, path):
-            given = self._api_token
-            if given is None or not hmac.compare_digest(given, expected):
-                raise UnauthorizedError("invalid api token")
+        if ctx.api_token is not None:
+            self._check_token(ctx.api_token, method, path)
         if not path.startswith(INVOKE_PREFIX):
             local = local_route(method, path)
             if local is not None:
-                return ctx.local_reply(self, local, path, query, keep_alive)
-        app_id = self._app_id_header
-        if app_id is None and self._authorization is not None:
-            app_id = basic_auth_app_id(self._authorization)
-        if app_id is not None:
-            invocation = ctx.router.route_header(app_id, path)
+                return ctx.local_reply(self, local, path, query, keep_alive and not self._closing)
+        headers = self._headers
+        expect_continue = False
+        if dirty:
+            app_id = self._app_id_header
+            if app_id is None and self._authorization is not None:
+                app_id = basic_auth_app_id(self._authorization)
+            if app_id is not None:
+                invocation = ctx.router.route_header(app_id, path)
+            else:
+                invocation = ctx.router.route_path(path)
+            if self._connection_tokens is not None:
+                headers = _without_tokens(headers, self._connection_tokens)
+            expect_continue = (
+                self._expect_continue
+                and not http10
+                and (self._chunked or (content_length is not None and content_length != b"0"))
+            )
         else:
             invocation = ctx.router.route_path(path)
-        headers = self._headers
-        if self._connection_tokens is not None:
-            headers = _without_tokens(headers, self._connection_tokens)
-        if content_length is not None and not self._chunked:
-            framing = b"Content-Length: " + content_length + CRLF
-        else:
-            framing = b""
         return ctx.forwarder.open(
             self,
             invocation,
             method,
             query,
             headers,
-            framing,
             self._chunked,
-            keep_alive,
+            keep_alive and not self._closing,
             http10,
-            self._expect_continue and has_body and not http10,
+            expect_continue,
         )
+
+    def _check_token(self, expected: bytes, method: bytes, path: bytes) -> None:
+        if token_exempt(method, path):
+            return
+        given = self._api_token
+        if given is None or not hmac.compare_digest(given, expected):
+            raise UnauthorizedError("invalid api token")
 
     # -- ordering ----------------------------------------------------------
 

@@ -58,6 +58,13 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
+# Module-level aliases: reading an enum member through its class costs a lookup per use.
+CONNECTING = ConnectionState.CONNECTING
+IDLE = ConnectionState.IDLE
+ACTIVE = ConnectionState.ACTIVE
+CLOSED = ConnectionState.CLOSED
+
+
 class Client(Protocol):
     """What a connection needs from the exchange it serves (`forwarder.Exchange`)."""
 
@@ -107,7 +114,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.state = ConnectionState.CONNECTING
+        self.state = CONNECTING
         self.exchange: Client | None = None
         self.idle_since = 0.0
         self.requests_served = 0
@@ -142,7 +149,7 @@ class UpstreamConnection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        self.state = ConnectionState.IDLE
+        self.state = IDLE
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
@@ -189,8 +196,8 @@ class UpstreamConnection(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        was_idle = self.state is ConnectionState.IDLE
-        self.state = ConnectionState.CLOSED
+        was_idle = self.state is IDLE
+        self.state = CLOSED
         self.pool.discard(self, was_idle)
         exchange = self.exchange
         if exchange is None or self._complete:
@@ -302,7 +309,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def attach(self, exchange: Client) -> None:
         self.exchange = exchange
-        self.state = ConnectionState.ACTIVE
+        self.state = ACTIVE
         self._complete = False
         self._got_bytes = False
 
@@ -312,7 +319,7 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.keep_alive = False
         if self._keep_alive and not self._eof_framed and exchange.request_sent:
             self.exchange = None
-            self.state = ConnectionState.IDLE
+            self.state = IDLE
             exchange.response_finished(self, True)
         else:
             self.abandon()
@@ -326,7 +333,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def set_reading_paused(self, paused: bool) -> None:
         transport = self.transport
-        if transport is None or self.state is ConnectionState.CLOSED:
+        if transport is None or self.state is CLOSED:
             return
         if paused:
             transport.pause_reading()
@@ -335,12 +342,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         transport = self.transport
-        if transport is not None and self.state is ConnectionState.ACTIVE:
+        if transport is not None and self.state is ACTIVE:
             transport.write(data)
 
     def writelines(self, parts: list[bytes] | tuple[bytes, ...]) -> None:
         transport = self.transport
-        if transport is not None and self.state is ConnectionState.ACTIVE:
+        if transport is not None and self.state is ACTIVE:
             transport.writelines(parts)
 
     def abandon(self) -> None:
@@ -350,13 +357,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close without reuse; `connection_lost` reports to the pool."""
-        if self.state is not ConnectionState.CLOSED and self.transport is not None:
+        if self.state is not CLOSED and self.transport is not None:
             self.transport.abort()
-        self.state = ConnectionState.CLOSED
+        self.state = CLOSED
 
     @property
     def is_idle(self) -> bool:
-        return self.state is ConnectionState.IDLE
+        return self.state is IDLE
 
 
 def _without_named(headers: list[bytes], names: list[bytes]) -> list[bytes]:

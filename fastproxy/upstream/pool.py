@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from fastproxy.upstream.connection import ConnectionState, UpstreamConnection
+from fastproxy.upstream.connection import IDLE, UpstreamConnection
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +107,7 @@ class Pool:
             idle = self._idle
             while idle:
                 conn = idle.pop()
-                if conn.state is ConnectionState.IDLE:
+                if conn.state is IDLE:
                     return conn
         if self.open_count < self.limits.max_connections:
             self._dial(waiter)
@@ -122,7 +122,7 @@ class Pool:
 
     def release(self, conn: UpstreamConnection) -> None:
         """A connection whose response was read to its end, clean for reuse."""
-        if conn.state is not ConnectionState.IDLE:
+        if conn.state is not IDLE:
             return
         if self._waiters:
             self._waiters.popleft().attach(conn)
