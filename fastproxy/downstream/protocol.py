@@ -76,6 +76,32 @@ _SPECIAL_HEADERS: dict[bytes, int] = {
     b"dapr-api-token": _API_TOKEN,
     b"authorization": _AUTHORIZATION,
 }
+# Exact spellings looked up before lower-casing a name: the special names in
+# their usual cases, and common plain headers.
+_PLAIN = 0
+_EXACT_HEADERS: dict[bytes, int] = {
+    **{name.title(): kind for name, kind in _SPECIAL_HEADERS.items()},
+    **_SPECIAL_HEADERS,
+    **dict.fromkeys(
+        (
+            b"User-Agent",
+            b"Accept",
+            b"Accept-Encoding",
+            b"Accept-Language",
+            b"Content-Type",
+            b"content-type",
+            b"Cookie",
+            b"Origin",
+            b"Referer",
+            b"traceparent",
+            b"tracestate",
+            b"Cache-Control",
+            b"If-None-Match",
+            b"If-Modified-Since",
+        ),
+        _PLAIN,
+    ),
+}
 # Names some servers would read as a framing or routing header once `_` becomes `-`.
 _DISGUISABLE = frozenset(
     name.replace(b"-", b"_") for name, kind in _SPECIAL_HEADERS.items() if kind != _AUTHORIZATION
@@ -343,11 +369,15 @@ class DownstreamProtocol(asyncio.Protocol):
                 f"request headers exceed the limit of {self._max_head} bytes"
                 f" or {self._ctx.max_header_count} fields"
             )
-        lname = name.lower()
-        kind = _SPECIAL_HEADERS.get(lname)
+        kind = _EXACT_HEADERS.get(name)
         if kind is None:
-            if b"_" in lname and lname in _DISGUISABLE:
-                raise BadRequestError(f"header name {name.decode('latin-1')!r} is not accepted")
+            lname = name.lower()
+            kind = _SPECIAL_HEADERS.get(lname)
+            if kind is None:
+                if b"_" in lname and lname in _DISGUISABLE:
+                    raise BadRequestError(f"header name {name.decode('latin-1')!r} is not accepted")
+                kind = _PLAIN
+        if kind == _PLAIN:
             self._headers.extend((name, COLON_SP, value, CRLF))
         elif kind == _HOST:
             self._host_count += 1

@@ -28,24 +28,48 @@ from fastproxy.wire import (
 if TYPE_CHECKING:
     from fastproxy.upstream.pool import Pool
 
-# Response headers the client never sees from us as the upstream wrote them:
-# hop-by-hop fields, and the framing we decide ourselves.
-_RESPONSE_SPECIAL = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"upgrade",
-        b"http2-settings",
-        b"te",
-        b"trailer",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"content-length",
-        b"dapr-app-id",
-    }
-)
+# How each response header is treated. Hop-by-hop fields are dropped; the
+# framing fields are noted (Content-Length is still passed through as sent).
+_PLAIN = 0
+_DROP = 1
+_CONTENT_LENGTH = 2
+_TRANSFER_ENCODING = 3
+_CONNECTION = 4
+_RESPONSE_KINDS_LOWER: dict[bytes, int] = {
+    b"connection": _CONNECTION,
+    b"keep-alive": _DROP,
+    b"proxy-connection": _DROP,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"upgrade": _DROP,
+    b"http2-settings": _DROP,
+    b"te": _DROP,
+    b"trailer": _DROP,
+    b"proxy-authenticate": _DROP,
+    b"proxy-authorization": _DROP,
+    b"content-length": _CONTENT_LENGTH,
+    b"dapr-app-id": _DROP,
+}
+# Exact spellings seen from common servers, looked up before lower-casing a name.
+_RESPONSE_KINDS_EXACT: dict[bytes, int] = {
+    **{name.title(): kind for name, kind in _RESPONSE_KINDS_LOWER.items()},
+    **_RESPONSE_KINDS_LOWER,
+    **dict.fromkeys(
+        (
+            b"Server",
+            b"Date",
+            b"Content-Type",
+            b"Cache-Control",
+            b"ETag",
+            b"Last-Modified",
+            b"Vary",
+            b"Location",
+            b"Set-Cookie",
+            b"Expires",
+            b"Accept-Ranges",
+        ),
+        _PLAIN,
+    ),
+}
 _HEAD_END = b"\r\n\r\n"
 # Pause the client-facing side when this much response data waits to be written.
 WRITE_HIGH_WATER = 64 * 1024
@@ -232,19 +256,19 @@ class UpstreamConnection(asyncio.Protocol):
         self._reset_response()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lname = name.lower()
-        if lname in _RESPONSE_SPECIAL:
-            if lname == b"content-length":
-                # Passed through as sent: llhttp has checked it is one valid length.
+        kind = _RESPONSE_KINDS_EXACT.get(name)
+        if kind is None:
+            kind = _RESPONSE_KINDS_LOWER.get(name.lower(), _PLAIN)
+        if kind == _PLAIN or kind == _CONTENT_LENGTH:
+            self._headers.extend((name, COLON_SP, value, CRLF))
+            if kind == _CONTENT_LENGTH:
+                # llhttp has checked it is one valid length.
                 self._content_length = value
-                self._headers.extend((name, COLON_SP, value, CRLF))
-            elif lname == b"transfer-encoding":
-                # llhttp frames the body as chunked only when chunked is the last coding.
-                self._upstream_chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-            elif lname == b"connection" and value not in {b"keep-alive", b"close"}:
-                self._note_connection_tokens(value)
-            return
-        self._headers.extend((name, COLON_SP, value, CRLF))
+        elif kind == _TRANSFER_ENCODING:
+            # llhttp frames the body as chunked only when chunked is the last coding.
+            self._upstream_chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+        elif kind == _CONNECTION and value.lower() not in {b"keep-alive", b"close"}:
+            self._note_connection_tokens(value)
 
     def _note_connection_tokens(self, value: bytes) -> None:
         for item in value.split(b","):
