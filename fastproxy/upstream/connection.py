@@ -259,11 +259,12 @@ class UpstreamConnection(asyncio.Protocol):
         kind = _RESPONSE_KINDS_EXACT.get(name)
         if kind is None:
             kind = _RESPONSE_KINDS_LOWER.get(name.lower(), _PLAIN)
-        if kind == _PLAIN or kind == _CONTENT_LENGTH:
+        if kind == _PLAIN:
             self._headers.extend((name, COLON_SP, value, CRLF))
-            if kind == _CONTENT_LENGTH:
-                # llhttp has checked it is one valid length.
-                self._content_length = value
+        elif kind == _CONTENT_LENGTH:
+            # Passed through as sent: llhttp has checked it is one valid length.
+            self._content_length = value
+            self._headers.extend((name, COLON_SP, value, CRLF))
         elif kind == _TRANSFER_ENCODING:
             # llhttp frames the body as chunked only when chunked is the last coding.
             self._upstream_chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
