@@ -73,8 +73,9 @@ class SidecarContext:
         path: bytes,
         query: bytes,
         keep_alive: bool,
+        expect_continue: bool = False,
     ) -> LocalReply:
-        return local_reply(self, conn, route, query, path, keep_alive)
+        return local_reply(self, conn, route, query, path, keep_alive, expect_continue)
 
     def tick(self) -> None:
         """Once a second: refresh the clock, enforce client timeouts, age idle pools."""

@@ -173,17 +173,17 @@ class Exchange:
             self._pool.release(conn)
             return
         self._conn = conn
-        conn.attach(self)
         pending = self._pending
         if pending:
             self._pending = None
+            conn.attach(self)
             conn.writelines([self._head, *pending])
             if self._buffered > PENDING_HIGH_WATER:
                 self._downstream.pause_for_upstream(False)
             self._buffered = 0
         else:
             self._pending = None
-            conn.write(self._head)
+            conn.attach(self, self._head)
         if self.request_done:
             self.request_sent = True
 

@@ -68,8 +68,13 @@ def local_reply(
     query: bytes,
     path: bytes,
     keep_alive: bool,
+    expect_continue: bool = False,
 ) -> LocalReply:
+    """The reply for a local route; one that needs no body closes a connection
+    whose client holds a body back for `100 Continue`."""
     clock = ctx.clock
+    if expect_continue and route is not LocalRoute.METADATA_PUT:
+        keep_alive = False
     limit = ctx.config.max_body_size
     if route is LocalRoute.HEALTHZ:
         wanted = _query_value(query, "appid")
@@ -98,7 +103,9 @@ def local_reply(
         ctx.metadata.set_extended(key, body.decode("utf-8", "replace"))
         return local_response(clock, 204, keep_alive=keep_alive)
 
-    return LocalReply(conn, None, keep_alive, limit, on_complete=store)
+    return LocalReply(
+        conn, None, keep_alive, limit, on_complete=store, expect_continue=expect_continue
+    )
 
 
 def _query_value(query: bytes, name: str) -> str | None:

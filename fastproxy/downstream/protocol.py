@@ -31,7 +31,7 @@ from fastproxy.errors import (
     UnauthorizedError,
 )
 from fastproxy.routing import INVOKE_PREFIX, basic_auth_app_id, local_route, token_exempt
-from fastproxy.wire import COLON_SP, CRLF, error_response
+from fastproxy.wire import COLON_SP, CONTINUE_100, CRLF, error_response
 
 if TYPE_CHECKING:
     from fastproxy.context import SidecarContext
@@ -131,6 +131,7 @@ class LocalReply:
         "_data",
         "_discard_limit",
         "_discarded",
+        "_expect_continue",
         "_on_complete",
         "_sink",
         "keep_alive",
@@ -146,6 +147,7 @@ class LocalReply:
         keep_alive: bool,
         discard_limit: int,
         on_complete: _BodyHandler | None = None,
+        expect_continue: bool = False,
     ) -> None:
         self._conn = conn
         self._data = data
@@ -153,6 +155,7 @@ class LocalReply:
         self._sink: list[bytes] | None = [] if on_complete is not None else None
         self._discarded = 0
         self._discard_limit = discard_limit
+        self._expect_continue = expect_continue
         self.keep_alive = keep_alive
         self.request_done = False
         self.response_done = False
@@ -164,6 +167,8 @@ class LocalReply:
     def start(self) -> None:
         if self._data is not None:
             self._send(self._data)
+        elif self._expect_continue and not self.request_done:
+            self._conn.write(CONTINUE_100)
 
     def _send(self, data: bytes) -> None:
         self.response_started = True
@@ -247,6 +252,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self._in_head = False
         self._head_started = ctx.clock.now
         self._body_size = 0
+        self._chunked = False
         self._last_activity = ctx.clock.now
         self._write_paused_since: float | None = None
         self._reset_request()
@@ -265,7 +271,6 @@ class DownstreamProtocol(asyncio.Protocol):
         self._header_count = 0
         self._host_count = 0
         self._content_length: bytes | None = None
-        self._chunked = False
         # The rare fields below are only reset when a request set one of them.
         self._dirty = False
         self._connection_tokens: list[bytes] | None = None
@@ -303,7 +308,6 @@ class DownstreamProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._ignore_input:
             return
-        self._last_activity = self._ctx.clock.now
         try:
             self._parser.feed_data(data)
         except HttpParserCallbackError as exc:
@@ -339,21 +343,12 @@ class DownstreamProtocol(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._in_head = True
-        self._head_started = self._ctx.clock.now
-        self._body_size = 0
-        self._url = b""
-        self._headers = [b""]
-        self._head_size = 0
-        self._header_count = 0
-        self._host_count = 0
-        self._content_length = None
-        self._chunked = False
-        if self._dirty:
-            self._reset_request()
-
     def on_url(self, url: bytes) -> None:
+        if not self._in_head:
+            # The first callback of every request: its head deadline starts.
+            # (Per-request state was reset when the previous head completed.)
+            self._in_head = True
+            self._head_started = self._ctx.clock.now
         self._url += url
         self._head_size += len(url)
         if self._head_size > self._max_head:
@@ -422,21 +417,38 @@ class DownstreamProtocol(asyncio.Protocol):
                 self._connection_tokens.append(token)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
         parser = self._parser
         try:
             exchange = self._open_exchange(parser)
         except ProxyError as error:
-            keep_alive = parser.should_keep_alive() and not error.closes_connection
+            # A body the client was told to hold back may never come: close after.
+            keep_alive = (
+                parser.should_keep_alive()
+                and not error.closes_connection
+                and not self._awaits_continue()
+            )
             exchange = LocalReply(
                 self,
                 error_response(self._ctx.clock, error, keep_alive),
                 keep_alive,
                 self._max_body,
             )
+        # The head is consumed: make the parse state ready for the next one.
+        # (_chunked and _body_size still frame this request's body.)
+        self._in_head = False
+        self._url = b""
+        self._headers = [b""]
+        self._head_size = 0
+        self._header_count = 0
+        self._host_count = 0
+        self._content_length = None
+        if self._dirty:
+            self._reset_request()
+        self._last_activity = self._ctx.clock.now
         self._enqueue(exchange)
 
     def on_body(self, body: bytes) -> None:
+        self._last_activity = self._ctx.clock.now
         if self._chunked:
             # A chunked body's size is only known as it arrives.
             self._body_size += len(body)
@@ -449,6 +461,8 @@ class DownstreamProtocol(asyncio.Protocol):
             current.on_body(body)
 
     def on_message_complete(self) -> None:
+        self._chunked = False
+        self._body_size = 0
         current = self._current
         if current is None:
             return
@@ -498,11 +512,20 @@ class DownstreamProtocol(asyncio.Protocol):
         if not path.startswith(INVOKE_PREFIX):
             local = local_route(method, path)
             if local is not None:
-                return ctx.local_reply(self, local, path, query, keep_alive and not self._closing)
+                return ctx.local_reply(
+                    self,
+                    local,
+                    path,
+                    query,
+                    keep_alive and not self._closing,
+                    dirty and not http10 and self._awaits_continue(),
+                )
         headers = self._headers
         expect_continue = False
         if dirty:
             app_id = self._app_id_header
+            if app_id is not None and not app_id.strip():
+                app_id = None  # an empty header does not route, as in daprd
             if app_id is None and self._authorization is not None:
                 app_id = basic_auth_app_id(self._authorization)
             if app_id is not None:
@@ -511,11 +534,7 @@ class DownstreamProtocol(asyncio.Protocol):
                 invocation = ctx.router.route_path(path)
             if self._connection_tokens is not None:
                 headers = _without_tokens(headers, self._connection_tokens)
-            expect_continue = (
-                self._expect_continue
-                and not http10
-                and (self._chunked or (content_length is not None and content_length != b"0"))
-            )
+            expect_continue = not http10 and self._awaits_continue()
         else:
             invocation = ctx.router.route_path(path)
         return ctx.forwarder.open(
@@ -529,6 +548,11 @@ class DownstreamProtocol(asyncio.Protocol):
             http10,
             expect_continue,
         )
+
+    def _awaits_continue(self) -> bool:
+        """The client sent `Expect: 100-continue` and holds a body back."""
+        length = self._content_length
+        return self._expect_continue and (self._chunked or (length is not None and length != b"0"))
 
     def _check_token(self, expected: bytes, method: bytes, path: bytes) -> None:
         if token_exempt(method, path):
@@ -558,6 +582,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self._advance()
 
     def _advance(self) -> None:
+        """The active exchange is over: close, or start the next pipelined one."""
         finished = self._active
         assert finished is not None
         self._active = None
@@ -565,18 +590,18 @@ class DownstreamProtocol(asyncio.Protocol):
             self.close()
             return
         pending = self._pending
-        if pending:
-            nxt = pending.popleft()
-            if not pending:
-                assert self._gate is not None
-                self._gate.resume(PIPELINED)
-            self._active = nxt
-            nxt.start()
-            if nxt.request_done and nxt.response_done and self._active is nxt:
-                self._advance()
-        else:
+        if not pending:
             self._current = None
             self._last_activity = self._ctx.clock.now
+            return
+        nxt = pending.popleft()
+        if not pending:
+            assert self._gate is not None
+            self._gate.resume(PIPELINED)
+        self._active = nxt
+        nxt.start()
+        if nxt.request_done and nxt.response_done and self._active is nxt:
+            self._advance()
 
     def closing_after_response(self) -> bool:
         return self._closing or self._ctx.draining

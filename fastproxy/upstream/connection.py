@@ -253,7 +253,15 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._complete:
             raise _ExtraResponse
-        self._reset_response()
+        # Same fields as _reset_response, inline: this runs for every response.
+        self._headers = [b""]
+        self._content_length = None
+        self._named_drops = None
+        self._upstream_chunked = False
+        self._informational = False
+        self._client_chunked = False
+        self._client_close = False
+        self._eof_framed = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         kind = _RESPONSE_KINDS_EXACT.get(name)
@@ -332,11 +340,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- lifecycle --------------------------------------------------------
 
-    def attach(self, exchange: Client) -> None:
+    def attach(self, exchange: Client, head: bytes | None = None) -> None:
+        """Serve `exchange` next; `head` (its request head) is written at once."""
         self.exchange = exchange
         self.state = ACTIVE
         self._complete = False
         self._got_bytes = False
+        if head is not None and self.transport is not None:
+            self.transport.write(head)
 
     def _finish(self, exchange: Client) -> None:
         self.requests_served += 1
