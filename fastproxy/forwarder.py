@@ -19,7 +19,7 @@ from fastproxy.errors import ProxyError, invoke_failure
 from fastproxy.routing import Invocation, TargetKind
 from fastproxy.upstream.connection import UpstreamConnection
 from fastproxy.upstream.pool import Endpoint, Pool, PoolLimits
-from fastproxy.wire import CHUNKED, COLON_SP, CRLF, HTTP11, LAST_CHUNK
+from fastproxy.wire import CHUNKED, COLON_SP, CRLF, LAST_CHUNK
 
 if TYPE_CHECKING:
     from fastproxy.downstream.protocol import DownstreamProtocol
@@ -337,7 +337,7 @@ class Forwarder:
             extra = b""
         endpoint = pool.endpoint
         path = endpoint.base_path + invocation.method if endpoint.base_path else invocation.method
-        headers[0] = method + b" " + path + query + HTTP11 + pool.host_header
+        headers[0] = b"".join((method, b" ", path, query, pool.line_tail))
         headers.append(extra)
         if chunked_in:
             headers.append(CHUNKED)

@@ -230,6 +230,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "_last_activity",
         "_max_body",
         "_max_head",
+        "_max_headers",
         "_parser",
         "_pending",
         "_url",
@@ -241,6 +242,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self._ctx = ctx
         self._max_head = ctx.config.read_buffer_size
         self._max_body = ctx.config.max_body_size
+        self._max_headers = ctx.max_header_count
         self._parser = HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self._gate: ReadGate | None = None
@@ -359,7 +361,7 @@ class DownstreamProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + 4
         self._header_count += 1
-        if self._head_size > self._max_head or self._header_count > self._ctx.max_header_count:
+        if self._head_size > self._max_head or self._header_count > self._max_headers:
             raise HeadersTooLargeError(
                 f"request headers exceed the limit of {self._max_head} bytes"
                 f" or {self._ctx.max_header_count} fields"
@@ -492,7 +494,7 @@ class DownstreamProtocol(asyncio.Protocol):
             raise BadRequestError("a request must carry exactly one Host header")
         method: bytes = parser.get_method()
         url = self._url
-        if url[:1] != b"/":
+        if url[0] != 47:  # not "/": absolute-form, asterisk-form or authority-form
             url = _origin_form(url)
         if b"#" in url:
             url = url[: url.index(b"#")]

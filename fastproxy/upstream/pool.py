@@ -68,6 +68,7 @@ class Pool:
         "endpoint",
         "host_header",
         "limits",
+        "line_tail",
         "name",
         "open_count",
     )
@@ -83,6 +84,8 @@ class Pool:
         self.limits = limits
         self.name = endpoint.name
         self.host_header = endpoint.host_header
+        # What follows the request target in every head this pool sends.
+        self.line_tail = b" HTTP/1.1\r\n" + endpoint.host_header
         self._clock = clock
         self._loop = loop or asyncio.get_running_loop()
         self._idle: list[UpstreamConnection] = []
