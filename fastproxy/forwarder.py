@@ -9,17 +9,19 @@ with flow control on both legs, and decides about the connection at the end.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from fastproxy.config.errors import ConfigError
 from fastproxy.config.model import HTTPEndpoint
 from fastproxy.errors import ProxyError, invoke_failure
 from fastproxy.routing import Invocation, TargetKind
 from fastproxy.upstream.connection import UpstreamConnection
 from fastproxy.upstream.pool import Endpoint, Pool, PoolLimits
-from fastproxy.wire import CHUNKED, COLON_SP, CRLF, LAST_CHUNK
+from fastproxy.wire import CHUNKED, COLON_SP, CRLF, HOP_BY_HOP, LAST_CHUNK
 
 if TYPE_CHECKING:
     from fastproxy.downstream.protocol import DownstreamProtocol
@@ -287,12 +289,14 @@ class Forwarder:
         self._endpoint_pools: dict[str, Pool] = {}
         self._endpoint_headers: dict[str, tuple[bytes, frozenset[bytes]]] = {}
         for name, resource in http_endpoints.items():
-            self._endpoint_pools[name] = make_pool(endpoint_from_url(resource.base_url, resource))
-            lines = b"".join(
-                n.encode("latin-1") + COLON_SP + v.encode("latin-1") + CRLF
-                for n, v in resource.headers
-            )
-            names = frozenset(n.lower().encode("latin-1") for n, _ in resource.headers)
+            endpoint = endpoint_from_url(resource.base_url, resource)
+            headers = _endpoint_headers(resource)
+            host = next((v for n, v in resource.headers if n.lower() == "host"), None)
+            if host is not None:
+                endpoint = dataclasses.replace(endpoint, host_override=host)
+            self._endpoint_pools[name] = make_pool(endpoint)
+            lines = b"".join(n + COLON_SP + v + CRLF for n, v in headers)
+            names = frozenset(n.lower() for n, _ in headers)
             self._endpoint_headers[name] = (lines, names)
         self._url_pools: dict[tuple[str, str, int], Pool] = {}
 
@@ -386,6 +390,27 @@ class Forwarder:
             pool.close()
 
 
+# Headers an HTTPEndpoint may not set: the sidecar owns framing and hop-by-hop fields.
+_RESERVED_ENDPOINT_HEADERS = HOP_BY_HOP | {b"content-length", b"host", b"expect"}
+
+
+def _endpoint_headers(resource: HTTPEndpoint) -> list[tuple[bytes, bytes]]:
+    """`spec.headers` as bytes; framing fields are refused, Host becomes the pool's Host."""
+    headers: list[tuple[bytes, bytes]] = []
+    for name, value in resource.headers:
+        raw = name.encode("latin-1")
+        lowered = raw.lower()
+        if lowered == b"host":
+            continue
+        if lowered in _RESERVED_ENDPOINT_HEADERS:
+            raise ConfigError(
+                f"{resource.source or resource.name}: HTTPEndpoint {resource.name!r}"
+                f" may not set the {name} header: the sidecar frames requests itself"
+            )
+        headers.append((raw, value.encode("latin-1")))
+    return headers
+
+
 def endpoint_from_url(url: str, resource: HTTPEndpoint | None) -> Endpoint:
     """An `Endpoint` for an http(s) base URL, with TLS set up for https."""
     parts = urlsplit(url)
@@ -399,7 +424,9 @@ def endpoint_from_url(url: str, resource: HTTPEndpoint | None) -> Endpoint:
     if parts.scheme == "https":
         tls = _client_tls_context(resource)
     base_path = parts.path.rstrip("/").encode("utf-8")
-    return Endpoint(parts.hostname, port, tls, parts.hostname, base_path)
+    return Endpoint(
+        parts.hostname, port, tls, parts.hostname, base_path, port_in_host=parts.port is not None
+    )
 
 
 def _client_tls_context(resource: HTTPEndpoint | None) -> ssl.SSLContext:

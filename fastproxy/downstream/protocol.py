@@ -102,6 +102,9 @@ _EXACT_HEADERS: dict[bytes, int] = {
         _PLAIN,
     ),
 }
+# Fields a client may not ask us to drop with `Connection`: the ones that
+# frame or route the request, or that the sidecar itself sets.
+_UNNAMEABLE = frozenset({b"host", b"content-length", b"transfer-encoding", b"forwarded"})
 # Names some servers would read as a framing or routing header once `_` becomes `-`.
 _DISGUISABLE = frozenset(
     name.replace(b"-", b"_") for name, kind in _SPECIAL_HEADERS.items() if kind != _AUTHORIZATION
@@ -115,6 +118,7 @@ class Exchange(Protocol):
     response_done: bool
     response_started: bool
     keep_alive: bool
+    is_head: bool
 
     def start(self) -> None: ...
     def on_body(self, body: bytes) -> None: ...
@@ -134,6 +138,7 @@ class LocalReply:
         "_expect_continue",
         "_on_complete",
         "_sink",
+        "is_head",
         "keep_alive",
         "request_done",
         "response_done",
@@ -157,6 +162,7 @@ class LocalReply:
         self._discard_limit = discard_limit
         self._expect_continue = expect_continue
         self.keep_alive = keep_alive
+        self.is_head = False
         self.request_done = False
         self.response_done = False
         self.response_started = False
@@ -410,7 +416,7 @@ class DownstreamProtocol(asyncio.Protocol):
         for item in value.split(b","):
             token = item.strip().lower()
             if token and token not in (b"close", b"keep-alive", b"upgrade"):
-                if token in _SPECIAL_HEADERS or token.startswith(b"x-forwarded"):
+                if token in _UNNAMEABLE or token.startswith((b"x-forwarded", b"dapr-")):
                     raise BadRequestError(
                         f"Connection header may not name {token.decode('latin-1')!r}"
                     )
@@ -431,7 +437,9 @@ class DownstreamProtocol(asyncio.Protocol):
             )
             exchange = LocalReply(
                 self,
-                error_response(self._ctx.clock, error, keep_alive),
+                error_response(
+                    self._ctx.clock, error, keep_alive, head_only=parser.get_method() == b"HEAD"
+                ),
                 keep_alive,
                 self._max_body,
             )
@@ -614,7 +622,14 @@ class DownstreamProtocol(asyncio.Protocol):
         """An exchange failed before its response started: answer for it."""
         keep_alive = exchange.keep_alive and exchange.request_done and not error.closes_connection
         exchange.keep_alive = keep_alive
-        self.write(error_response(self._ctx.clock, error, keep_alive and not self._closing))
+        self.write(
+            error_response(
+                self._ctx.clock,
+                error,
+                keep_alive and not self._closing,
+                head_only=exchange.is_head,
+            )
+        )
         exchange.response_done = True
         self.response_finished(exchange)
         if not keep_alive and not exchange.request_done:

@@ -27,6 +27,8 @@ class Endpoint:
     tls: ssl.SSLContext | None = None
     server_hostname: str | None = None
     base_path: bytes = b""
+    host_override: str | None = None  # an HTTPEndpoint's own `Host` header
+    port_in_host: bool = True  # False when a URL left the scheme's default port implicit
 
     @property
     def name(self) -> str:
@@ -36,9 +38,13 @@ class Endpoint:
 
     @property
     def host_header(self) -> bytes:
+        if self.host_override is not None:
+            return b"Host: " + self.host_override.encode("latin-1") + b"\r\n"
         host = self.server_hostname or self.host
         if ":" in host:
             host = f"[{host}]"
+        if not self.port_in_host:
+            return b"Host: %s\r\n" % host.encode("idna")
         return b"Host: %s:%d\r\n" % (host.encode("idna"), self.port)
 
 
