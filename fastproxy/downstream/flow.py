@@ -34,3 +34,9 @@ class ReadGate:
         self._reasons &= ~reason
         if not self._reasons and not self._transport.is_closing():
             self._transport.resume_reading()
+
+    def resume_all(self) -> None:
+        if self._reasons:
+            self._reasons = 0
+            if not self._transport.is_closing():
+                self._transport.resume_reading()

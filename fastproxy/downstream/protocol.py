@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -43,6 +44,12 @@ BROKEN = 4
 
 # Client response data buffered before the upstream side is paused.
 WRITE_HIGH_WATER = 64 * 1024
+# Head bytes tolerated past the read buffer size (one socket read's worth).
+HEAD_SLACK = 256 * 1024
+# Chunk-size and extension bytes tolerated beyond 64 per chunk.
+CHUNK_FRAMING_SLACK = 256 * 1024
+# How long a refused client may keep sending before its connection is cut.
+LINGER_SECONDS = 2.0
 
 # Header kinds that need more than copying (see on_header).
 _HOST = 1
@@ -181,6 +188,9 @@ class LocalReply:
         self._conn.write(data)
         self.response_done = True
         self._conn.response_finished(self)
+        if not self.keep_alive and not self.request_done:
+            # The rest of this request is not wanted: do not wait for it.
+            self._conn.linger_close()
 
     def on_body(self, body: bytes) -> None:
         self._discarded += len(body)
@@ -217,7 +227,9 @@ class DownstreamProtocol(asyncio.Protocol):
         "_app_id_header",
         "_authorization",
         "_body_size",
+        "_chunk_framing",
         "_chunked",
+        "_chunks",
         "_closing",
         "_connection_tokens",
         "_content_length",
@@ -226,6 +238,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "_dirty",
         "_expect_continue",
         "_gate",
+        "_head_read",
         "_head_size",
         "_head_started",
         "_header_count",
@@ -234,12 +247,14 @@ class DownstreamProtocol(asyncio.Protocol):
         "_ignore_input",
         "_in_head",
         "_last_activity",
+        "_lingering",
         "_max_body",
         "_max_head",
         "_max_headers",
         "_parser",
         "_pending",
         "_url",
+        "_write_buffered",
         "_write_paused_since",
         "transport",
     )
@@ -260,7 +275,12 @@ class DownstreamProtocol(asyncio.Protocol):
         self._in_head = False
         self._head_started = ctx.clock.now
         self._body_size = 0
+        self._head_read = 0
+        self._lingering = False
         self._chunked = False
+        self._chunk_framing = 0
+        self._chunks = 0
+        self._write_buffered = 0
         self._last_activity = ctx.clock.now
         self._write_paused_since: float | None = None
         self._reset_request()
@@ -316,6 +336,20 @@ class DownstreamProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._ignore_input:
             return
+        if self._in_head:
+            # httptools buffers an unfinished header whole; a read that is all
+            # head counts against the head limit (one read's slack at most).
+            self._head_read += len(data)
+            if self._head_read > self._max_head + HEAD_SLACK:
+                self._reject(
+                    HeadersTooLargeError(
+                        f"request head exceeds the read buffer size of {self._max_head} bytes"
+                    )
+                )
+                return
+        elif self._chunked:
+            # Chunk sizes and extensions are framing; count them to bound them.
+            self._chunk_framing += len(data)
         try:
             self._parser.feed_data(data)
         except HttpParserCallbackError as exc:
@@ -333,14 +367,16 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # A half-closed client may still be owed its responses.
-        if self._active is None and not self._in_head:
+        if self._lingering or (self._active is None and not self._in_head):
             return None
         self._ignore_input = True
         self._closing = True
         return True
 
     def pause_writing(self) -> None:
-        self._write_paused_since = self._ctx.clock.now
+        # Exact time, not the tick's: pauses are rare and the timeout may be short.
+        self._write_paused_since = time.monotonic()
+        self._write_buffered = self.transport.get_write_buffer_size() if self.transport else 0
         if self._active is not None:
             self._active.set_client_paused(True)
 
@@ -449,6 +485,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self._url = b""
         self._headers = [b""]
         self._head_size = 0
+        self._head_read = 0
         self._header_count = 0
         self._host_count = 0
         self._content_length = None
@@ -456,6 +493,11 @@ class DownstreamProtocol(asyncio.Protocol):
             self._reset_request()
         self._last_activity = self._ctx.clock.now
         self._enqueue(exchange)
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+        if self._chunk_framing - self._body_size > CHUNK_FRAMING_SLACK + 64 * self._chunks:
+            raise BadRequestError("chunk extensions are longer than this sidecar accepts")
 
     def on_body(self, body: bytes) -> None:
         self._last_activity = self._ctx.clock.now
@@ -473,6 +515,8 @@ class DownstreamProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._chunked = False
         self._body_size = 0
+        self._chunk_framing = 0
+        self._chunks = 0
         current = self._current
         if current is None:
             return
@@ -501,6 +545,8 @@ class DownstreamProtocol(asyncio.Protocol):
         if self._host_count != 1 and (self._host_count > 1 or not http10):
             raise BadRequestError("a request must carry exactly one Host header")
         method: bytes = parser.get_method()
+        if method == b"CONNECT":
+            raise BadRequestError("CONNECT is not supported: fastproxy does not tunnel")
         url = self._url
         if url[0] != 47:  # not "/": absolute-form, asterisk-form or authority-form
             url = _origin_form(url)
@@ -684,12 +730,38 @@ class DownstreamProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def linger_close(self) -> None:
+        """Close after a final answer while the client may still be sending.
+
+        Closing a socket with unread input makes the kernel reset the
+        connection, which can destroy the answer before the client reads it.
+        So: finish writing, half-close, read and drop input for a moment, close.
+        """
+        transport = self.transport
+        self._closing = True
+        self._ignore_input = True
+        if self._lingering or transport is None or transport.is_closing():
+            return
+        self._lingering = True
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        if self._gate is not None:
+            self._gate.resume_all()
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.abort)
+
     # -- timeouts (driven by the once-a-second tick) -------------------------
 
     def check_timeouts(self, now: float) -> None:
         ctx = self._ctx
         config = ctx.config
         if self._write_paused_since is not None:
+            buffered = self.transport.get_write_buffer_size() if self.transport else 0
+            if buffered < self._write_buffered:
+                # The client is reading, only slowly: that is not a stall.
+                self._write_paused_since = now
+            self._write_buffered = buffered
             if now - self._write_paused_since > config.write_timeout:
                 self.abort()
             return

@@ -71,6 +71,8 @@ _RESPONSE_KINDS_EXACT: dict[bytes, int] = {
     ),
 }
 _HEAD_END = b"\r\n\r\n"
+# The most response-head bytes read before the head must have ended.
+MAX_RESPONSE_HEAD = 1024 * 1024
 # Pause the client-facing side when this much response data waits to be written.
 WRITE_HIGH_WATER = 64 * 1024
 
@@ -120,6 +122,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_content_length",
         "_eof_framed",
         "_got_bytes",
+        "_head_bytes",
         "_headers",
         "_informational",
         "_keep_alive",
@@ -146,6 +149,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._complete = False
         self._got_bytes = False
+        self._head_bytes = 0
         self._keep_alive = False
         self._reset_response()
 
@@ -182,6 +186,12 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self._got_bytes = True
+        if not exchange.response_started:
+            # httptools buffers an unfinished head whole: bound it.
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_RESPONSE_HEAD:
+                self._fail(f"upstream response head exceeds {MAX_RESPONSE_HEAD} bytes")
+                return
         try:
             self._parser.feed_data(data)
         except HttpParserCallbackError as exc:
@@ -194,7 +204,9 @@ class UpstreamConnection(asyncio.Protocol):
             elif isinstance(stop, _ExtraResponse):
                 self._keep_alive = False
             else:
-                raise
+                self._flush(exchange)
+                self._fail(f"malformed response from upstream: {stop}")
+                return
         except HttpParserError as exc:
             self._flush(exchange)
             self._fail(f"malformed response from upstream: {exc}")
@@ -346,6 +358,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.state = ACTIVE
         self._complete = False
         self._got_bytes = False
+        self._head_bytes = 0
         if head is not None and self.transport is not None:
             self.transport.write(head)
 
