@@ -57,7 +57,7 @@ class SidecarContext:
             app_endpoint,
             endpoints,
             limits,
-            lambda: clock.now,
+            clock,
             config.app_api_token,
         )
         self.metadata = Metadata(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -21,7 +21,7 @@ from fastproxy.errors import ProxyError, invoke_failure
 from fastproxy.routing import Invocation, TargetKind
 from fastproxy.upstream.connection import UpstreamConnection
 from fastproxy.upstream.pool import Endpoint, Pool, PoolLimits
-from fastproxy.wire import CHUNKED, COLON_SP, CRLF, HOP_BY_HOP, LAST_CHUNK
+from fastproxy.wire import CHUNKED, COLON_SP, CRLF, HOP_BY_HOP, LAST_CHUNK, Clock
 
 if TYPE_CHECKING:
     from fastproxy.downstream.protocol import DownstreamProtocol
@@ -264,7 +264,7 @@ class Forwarder:
         app_endpoint: Endpoint | None,
         http_endpoints: Mapping[str, HTTPEndpoint],
         limits: PoolLimits,
-        clock: Callable[[], float],
+        clock: Clock,
         app_api_token: str | None = None,
     ) -> None:
         self.app_id = app_id

@@ -230,6 +230,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "_chunk_framing",
         "_chunked",
         "_chunks",
+        "_clock",
         "_closing",
         "_connection_tokens",
         "_content_length",
@@ -241,7 +242,6 @@ class DownstreamProtocol(asyncio.Protocol):
         "_head_read",
         "_head_size",
         "_head_started",
-        "_header_count",
         "_headers",
         "_host_count",
         "_ignore_input",
@@ -250,7 +250,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "_lingering",
         "_max_body",
         "_max_head",
-        "_max_headers",
+        "_max_header_items",
         "_parser",
         "_pending",
         "_url",
@@ -263,7 +263,9 @@ class DownstreamProtocol(asyncio.Protocol):
         self._ctx = ctx
         self._max_head = ctx.config.read_buffer_size
         self._max_body = ctx.config.max_body_size
-        self._max_headers = ctx.max_header_count
+        # The header list holds 4 items per forwarded field after its first slot.
+        self._max_header_items = 4 * ctx.max_header_count + 1
+        self._clock = ctx.clock
         self._parser = HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self._gate: ReadGate | None = None
@@ -296,7 +298,6 @@ class DownstreamProtocol(asyncio.Protocol):
         # Index 0 is kept free for the request line the forwarder writes.
         self._headers: list[bytes] = [b""]
         self._head_size = 0
-        self._header_count = 0
         self._host_count = 0
         self._content_length: bytes | None = None
         # The rare fields below are only reset when a request set one of them.
@@ -392,7 +393,7 @@ class DownstreamProtocol(asyncio.Protocol):
             # The first callback of every request: its head deadline starts.
             # (Per-request state was reset when the previous head completed.)
             self._in_head = True
-            self._head_started = self._ctx.clock.now
+            self._head_started = self._clock.now
         self._url += url
         self._head_size += len(url)
         if self._head_size > self._max_head:
@@ -402,11 +403,9 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + 4
-        self._header_count += 1
-        if self._head_size > self._max_head or self._header_count > self._max_headers:
+        if self._head_size > self._max_head:
             raise HeadersTooLargeError(
-                f"request headers exceed the limit of {self._max_head} bytes"
-                f" or {self._ctx.max_header_count} fields"
+                f"request line and headers exceed the read buffer size of {self._max_head} bytes"
             )
         kind = _EXACT_HEADERS.get(name)
         if kind is None:
@@ -486,13 +485,17 @@ class DownstreamProtocol(asyncio.Protocol):
         self._headers = [b""]
         self._head_size = 0
         self._head_read = 0
-        self._header_count = 0
         self._host_count = 0
         self._content_length = None
         if self._dirty:
             self._reset_request()
-        self._last_activity = self._ctx.clock.now
-        self._enqueue(exchange)
+        self._last_activity = self._clock.now
+        self._current = exchange
+        if self._active is None:
+            self._active = exchange
+            exchange.start()
+        else:
+            self._enqueue(exchange)
 
     def on_chunk_header(self) -> None:
         self._chunks += 1
@@ -500,7 +503,7 @@ class DownstreamProtocol(asyncio.Protocol):
             raise BadRequestError("chunk extensions are longer than this sidecar accepts")
 
     def on_body(self, body: bytes) -> None:
-        self._last_activity = self._ctx.clock.now
+        self._last_activity = self._clock.now
         if self._chunked:
             # A chunked body's size is only known as it arrives.
             self._body_size += len(body)
@@ -513,23 +516,27 @@ class DownstreamProtocol(asyncio.Protocol):
             current.on_body(body)
 
     def on_message_complete(self) -> None:
-        self._chunked = False
-        self._body_size = 0
-        self._chunk_framing = 0
-        self._chunks = 0
+        if self._chunked:
+            self._chunked = False
+            self._body_size = 0
+            self._chunk_framing = 0
+            self._chunks = 0
         current = self._current
         if current is None:
             return
         current.request_done = True
         current.on_request_complete()
-        if current is self._active and current.response_done:
-            self._advance()
+        self.response_finished(current)
 
     # -- building the exchange ---------------------------------------------
 
     def _open_exchange(self, parser: HttpRequestParser) -> Exchange:
         ctx = self._ctx
         dirty = self._dirty
+        if len(self._headers) > self._max_header_items:
+            raise HeadersTooLargeError(
+                f"a request may carry at most {ctx.max_header_count} header fields"
+            )
         keep_alive: bool = parser.should_keep_alive()
         if keep_alive and not dirty:
             # llhttp keeps alive by default only for HTTP/1.1; a 1.0 request
@@ -633,22 +640,17 @@ class DownstreamProtocol(asyncio.Protocol):
         return self._active is exchange
 
     def response_finished(self, exchange: Exchange) -> None:
-        """The exchange wrote its whole response."""
-        if exchange is self._active and exchange.request_done:
-            self._advance()
-
-    def _advance(self) -> None:
-        """The active exchange is over: close, or start the next pipelined one."""
-        finished = self._active
-        assert finished is not None
+        """An exchange finished its response or its request; once both, the next goes."""
+        if exchange is not self._active or not (exchange.request_done and exchange.response_done):
+            return
         self._active = None
-        if not finished.keep_alive or self._closing or self._ctx.draining:
+        if not exchange.keep_alive or self._closing or self._ctx.draining:
             self.close()
             return
         pending = self._pending
         if not pending:
             self._current = None
-            self._last_activity = self._ctx.clock.now
+            self._last_activity = self._clock.now
             return
         nxt = pending.popleft()
         if not pending:
@@ -656,8 +658,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self._gate.resume(PIPELINED)
         self._active = nxt
         nxt.start()
-        if nxt.request_done and nxt.response_done and self._active is nxt:
-            self._advance()
+        self.response_finished(nxt)
 
     def closing_after_response(self) -> bool:
         return self._closing or self._ctx.draining

@@ -129,6 +129,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_named_drops",
         "_out",
         "_parser",
+        "_unusual",
         "_upstream_chunked",
         "exchange",
         "idle_since",
@@ -170,6 +171,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._client_chunked = False
         self._client_close = False
         self._eof_framed = False
+        self._unusual = False
 
     # -- asyncio protocol -------------------------------------------------
 
@@ -265,15 +267,11 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._complete:
             raise _ExtraResponse
-        # Same fields as _reset_response, inline: this runs for every response.
         self._headers = [b""]
         self._content_length = None
-        self._named_drops = None
-        self._upstream_chunked = False
-        self._informational = False
-        self._client_chunked = False
-        self._client_close = False
-        self._eof_framed = False
+        if self._unusual:
+            # Only a response that set one of the rare flags needs them reset.
+            self._reset_response()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         kind = _RESPONSE_KINDS_EXACT.get(name)
@@ -287,6 +285,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._headers.extend((name, COLON_SP, value, CRLF))
         elif kind == _TRANSFER_ENCODING:
             # llhttp frames the body as chunked only when chunked is the last coding.
+            self._unusual = True
             self._upstream_chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
         elif kind == _CONNECTION and value.lower() not in {b"keep-alive", b"close"}:
             self._note_connection_tokens(value)
@@ -296,6 +295,7 @@ class UpstreamConnection(asyncio.Protocol):
             token = item.strip().lower()
             if token and token not in (b"close", b"keep-alive"):
                 if self._named_drops is None:
+                    self._unusual = True
                     self._named_drops = []
                 self._named_drops.append(token)
 
@@ -305,6 +305,7 @@ class UpstreamConnection(asyncio.Protocol):
             if status == 101:
                 raise HttpParserError("upstream switched protocols unasked")
             # Interim responses are consumed here; the final one follows.
+            self._unusual = True
             self._informational = True
             return
         exchange = self.exchange
@@ -315,6 +316,7 @@ class UpstreamConnection(asyncio.Protocol):
         # Like daprd, the status line is ours: the upstream's reason phrase is not kept.
         parts[0] = STATUS_LINES.get(status) or status_line(status)
         if self._content_length is None and not (exchange.is_head or status in {204, 304}):
+            self._unusual = True
             self._eof_framed = not self._upstream_chunked
             if exchange.http10:
                 self._client_close = True
@@ -322,6 +324,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._client_chunked = True
                 parts.append(CHUNKED)
         if self._client_close or not exchange.keep_alive:
+            self._unusual = True
             self._client_close = True
             parts.append(CONNECTION_CLOSE)
         elif exchange.http10:

@@ -11,11 +11,11 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from fastproxy.upstream.connection import IDLE, UpstreamConnection
+from fastproxy.wire import Clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +83,7 @@ class Pool:
         self,
         endpoint: Endpoint,
         limits: PoolLimits,
-        clock: Callable[[], float],
+        clock: Clock,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.endpoint = endpoint
@@ -139,7 +139,7 @@ class Pool:
         if self.closed or len(self._idle) >= self.limits.max_idle:
             conn.close()
             return
-        conn.idle_since = self._clock()
+        conn.idle_since = self._clock.now
         self._idle.append(conn)
 
     def discard(self, conn: UpstreamConnection, was_idle: bool) -> None:
