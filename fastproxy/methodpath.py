@@ -39,8 +39,8 @@ def _needs_full_normalisation(raw: bytes) -> bool:
         not raw
         or raw[0] in b"./"  # leading "." or "/"
         or raw[-1] == 0x2F  # trailing "/"
-        or b"/." in raw
-        or b"//" in raw
+        or raw.find(b"/.") >= 0
+        or raw.find(b"//") >= 0
         or bool(raw.translate(None, _PATH_SAFE))  # "%" or anything needing escapes
     )
 
@@ -53,7 +53,7 @@ def normalize_method(raw: bytes) -> bytes:
     """
     if not _needs_full_normalisation(raw):
         return b"/" + raw
-    decoded = unquote_to_bytes(raw) if b"%" in raw else raw
+    decoded = unquote_to_bytes(raw) if 37 in raw else raw  # 37: "%"
     forbidden = decoded.translate(None, _ALLOWED_AFTER_DECODING)
     if forbidden:
         char = chr(forbidden[0])

@@ -78,7 +78,7 @@ class Invocation:
 class Router:
     """Turns the invoke URL forms (path, `dapr-app-id` header, Basic auth) into an Invocation."""
 
-    __slots__ = ("_app_id", "_cache", "_cache_size", "_endpoints", "_namespace")
+    __slots__ = ("_app_id", "_cache", "_cache_size", "_endpoints", "_namespace", "cached")
 
     def __init__(
         self,
@@ -92,6 +92,8 @@ class Router:
         self._endpoints = frozenset(endpoint_names)
         self._cache: dict[bytes, Invocation] = {}
         self._cache_size = cache_size
+        # The routes of paths seen before, without the cost of a method call.
+        self.cached = self._cache.get
 
     def route_path(self, path: bytes) -> Invocation:
         """`/v1.0/invoke/{target}/method/{method}`; raises NoTargetError or InvokeError."""

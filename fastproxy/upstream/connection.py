@@ -70,6 +70,10 @@ _RESPONSE_KINDS_EXACT: dict[bytes, int] = {
         _PLAIN,
     ),
 }
+# Connection header values that name no other header, in the spellings servers use.
+_PLAIN_CONNECTION_VALUES = frozenset(
+    {b"keep-alive", b"close", b"Keep-Alive", b"Close", b"keep-Alive", b"KEEP-ALIVE", b"CLOSE"}
+)
 _HEAD_END = b"\r\n\r\n"
 # The most response-head bytes read before the head must have ended.
 MAX_RESPONSE_HEAD = 1024 * 1024
@@ -287,7 +291,7 @@ class UpstreamConnection(asyncio.Protocol):
             # llhttp frames the body as chunked only when chunked is the last coding.
             self._unusual = True
             self._upstream_chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-        elif kind == _CONNECTION and value.lower() not in {b"keep-alive", b"close"}:
+        elif kind == _CONNECTION and value not in _PLAIN_CONNECTION_VALUES:
             self._note_connection_tokens(value)
 
     def _note_connection_tokens(self, value: bytes) -> None:
