@@ -661,10 +661,11 @@ class DownstreamProtocol(asyncio.Protocol):
         if exchange is not self._active or not (exchange.request_done and exchange.response_done):
             return
         self._active = None
-        if not exchange.keep_alive or self._closing or self._ctx.draining:
+        pending = self._pending
+        if not exchange.keep_alive or (not pending and (self._closing or self._ctx.draining)):
+            # (A refusal queued behind this exchange is still sent before closing.)
             self.close()
             return
-        pending = self._pending
         if not pending:
             self._current = None
             self._last_activity = self._clock.now

@@ -157,9 +157,13 @@ async def read_response_head(reader: asyncio.StreamReader) -> tuple[int, dict[st
     return int(first.split(" ")[1]), headers
 
 
-async def send_streamed_response(writer: asyncio.StreamWriter, size: int, progress: list[int]) -> None:
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-                 b"Content-Length: %d\r\n\r\n" % size)
+async def send_streamed_response(
+    writer: asyncio.StreamWriter, size: int, progress: list[int]
+) -> None:
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Length: %d\r\n\r\n" % size
+    )
     for i in range(size // CHUNK):
         writer.write(block(i, BASE))
         await writer.drain()
@@ -198,7 +202,8 @@ async def test_256_mib_request_body_streams_to_app_with_bounded_buffers(
                 async with asyncio.timeout(60):
                     writer.write(
                         b"POST " + INVOKE.encode() + b"/upload HTTP/1.1\r\nHost: a\r\n"
-                        b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % BIG
+                        b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n"
+                        % BIG
                     )
                     for i in range(BIG // CHUNK):
                         writer.write(block(i, BASE))
@@ -294,7 +299,9 @@ async def test_256_mib_response_streams_to_client_with_bounded_buffers(
         try:
             with BufferSampler(sidecar) as sampler:
                 async with asyncio.timeout(60):
-                    writer.write(b"GET " + INVOKE.encode() + b"/download HTTP/1.1\r\nHost: a\r\n\r\n")
+                    writer.write(
+                        b"GET " + INVOKE.encode() + b"/download HTTP/1.1\r\nHost: a\r\n\r\n"
+                    )
                     status, headers = await read_response_head(reader)
                     assert status == 200
                     assert headers.get("content-length") == str(BIG)
@@ -378,15 +385,29 @@ async def test_client_that_never_reads_is_disconnected_after_write_timeout(
         await send_streamed_response(writer, 1024 * MIB, progress)
 
     async with RawUpstream(endless_app) as upstream:
-        sidecar = await make_sidecar(app_port=upstream.port, write_timeout=1.0)
-        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.http_port)
+        sidecar = await make_sidecar(app_port=upstream.port, write_timeout=2.0)
+        # Deadlines are checked by a 1 s tick that starts with the sidecar. Asking
+        # just before the first tick catches a stall clock read from that tick's
+        # stale time (which would cut the client up to 1 s early).
+        await asyncio.sleep(0.9)
+        # A small receive buffer makes the sidecar's writes back up (and pause) at once.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", sidecar.http_port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=64 * 1024)
         try:
             writer.write(b"GET " + INVOKE.encode() + b"/never-read HTTP/1.1\r\nHost: a\r\n\r\n")
             await writer.drain()
             started = time.monotonic()
+            context = sidecar.context
+            assert context is not None
+            async with asyncio.timeout(2.0):
+                while not context.connections:
+                    await asyncio.sleep(0.001)
             with BufferSampler(sidecar) as sampler:
                 async with asyncio.timeout(8.0):
-                    while time.monotonic() - started < 0.5 or sidecar.context.connections:
+                    while context.connections:
                         await asyncio.sleep(0.05)
             dropped_after = time.monotonic() - started
             # The upstream side is released too.
@@ -402,7 +423,9 @@ async def test_client_that_never_reads_is_disconnected_after_write_timeout(
                 pass
         finally:
             writer.close()
-    assert 0.5 <= dropped_after <= 4.5, f"disconnected after {dropped_after:.1f}s"
+    assert 1.8 <= dropped_after <= 4.5, (
+        f"disconnected after {dropped_after:.2f}s (write_timeout 2 s)"
+    )
     assert received < 1024 * MIB
     assert progress[0] < 512 * MIB
     sampler.assert_bounded()
@@ -436,7 +459,7 @@ async def test_slow_but_steady_reader_is_not_cut_by_write_timeout(
         try:
             async with asyncio.timeout(15):
                 writer.write(b"GET " + INVOKE.encode() + b"/steady HTTP/1.1\r\nHost: a\r\n\r\n")
-                status, headers = await read_response_head(reader)
+                status, _ = await read_response_head(reader)
                 assert status == 200
                 digest = hashlib.sha256()
                 received = 0

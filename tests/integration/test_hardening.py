@@ -10,6 +10,7 @@ the connection or the next request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -29,7 +30,9 @@ TIMEOUT = 5.0
 # -- helpers --------------------------------------------------------------------
 
 
-async def exchange_closed(port: int, data: bytes, *, timeout: float = TIMEOUT) -> tuple[bytes, bool]:
+async def exchange_closed(
+    port: int, data: bytes, *, timeout: float = TIMEOUT
+) -> tuple[bytes, bool]:
     """Like `exchange`, but a reset also counts as closed."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     chunks: list[bytes] = []
@@ -51,7 +54,7 @@ async def exchange_closed(port: int, data: bytes, *, timeout: float = TIMEOUT) -
 
 
 def error_json(body: bytes) -> dict[str, Any]:
-    document = json.loads(body)
+    document: dict[str, Any] = json.loads(body)
     assert set(document) == {"errorCode", "message"}, document
     assert isinstance(document["errorCode"], str) and document["errorCode"]
     assert isinstance(document["message"], str) and document["message"]
@@ -79,7 +82,8 @@ def assert_refused(raw: bytes, closed: bool, status: int = 400) -> dict[str, Any
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class Client:
@@ -123,10 +127,8 @@ async def client(port: int) -> AsyncIterator[Client]:
         yield Client(reader, writer)
     finally:
         writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             await writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
 
 
 def get(target: str, extra: str = "") -> bytes:
@@ -221,26 +223,40 @@ def ok(body: bytes) -> bytes:
 MALFORMED: dict[str, bytes] = {
     "content-length-and-chunked": b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
-    "chunked-and-content-length": b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+    "chunked-and-content-length": b"POST "
+    + P
+    + b" HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
     b"Content-Length: 30\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n",
     "two-differing-content-length": b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
     b"Content-Length: 6\r\n\r\nhello!",
-    "content-length-list": b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\nhello!",
-    "invalid-chunk-size": b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    "content-length-list": b"POST "
+    + P
+    + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\nhello!",
+    "invalid-chunk-size": b"POST "
+    + P
+    + b" HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
     b"zz\r\nhello\r\n0\r\n\r\n",
-    "chunk-size-overflow": b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    "chunk-size-overflow": b"POST "
+    + P
+    + b" HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
     b"1ffffffffffffffff\r\nhello\r\n0\r\n\r\n",
-    "te-not-ending-in-chunked": b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"
+    "te-not-ending-in-chunked": b"POST "
+    + P
+    + b" HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"
     b"5\r\nhello\r\n0\r\n\r\n",
     "http09-request-line": b"GET " + P + b"\r\n\r\n",
     "http09-with-bare-lf-headers": b"GET " + P + b"\nHost: a\nContent-Length: 5\n\nhello",
     "missing-host": b"GET " + P + b" HTTP/1.1\r\nX-A: b\r\n\r\n",
     "two-host-headers": b"GET " + P + b" HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-    "http10-with-transfer-encoding": b"POST " + P + b" HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"
+    "http10-with-transfer-encoding": b"POST "
+    + P
+    + b" HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"
     b"5\r\nhello\r\n0\r\n\r\n",
     "transfer_encoding-underscore": b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
     b"Transfer_Encoding: chunked\r\n\r\nhello",
-    "content_length-underscore": b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nContent_Length: 5\r\n\r\nhello",
+    "content_length-underscore": b"POST "
+    + P
+    + b" HTTP/1.1\r\nHost: a\r\nContent_Length: 5\r\n\r\nhello",
     "obs-fold": b"GET " + P + b" HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n  two\r\n\r\n",
     "bare-lf-header-line": b"GET " + P + b" HTTP/1.1\r\nHost: a\nX-A: b\r\n\r\n",
     "bare-cr-in-header": b"GET " + P + b" HTTP/1.1\r\nHost: a\r\nX-A: b\rc\r\n\r\n",
@@ -270,7 +286,9 @@ async def test_request_smuggled_behind_a_rejected_request_is_never_served(
     sidecar: Any, echo_app: EchoApp
 ) -> None:
     data = (
-        b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"POST "
+        + P
+        + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"0\r\n\r\nGET /v1.0/invoke/app/method/smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
     )
     raw, closed = await exchange_closed(sidecar.http_port, data)
@@ -372,13 +390,13 @@ async def test_more_than_max_header_count_headers_get_431(
     assert_refused(raw, closed, 431)
     # Exactly at the limit is fine (Host and Connection count).
     extra = "".join(f"X-H{i}: v\r\n" for i in range(18))
-    raw, _ = await exchange_closed(sidecar.http_port, get(INVOKE + "/x", extra + "Connection: close\r\n"))
+    raw, _ = await exchange_closed(
+        sidecar.http_port, get(INVOKE + "/x", extra + "Connection: close\r\n")
+    )
     assert parse_responses(raw)[0].status == 200, raw
 
 
-async def test_default_max_header_count_is_enforced(
-    sidecar: Any, echo_app: EchoApp
-) -> None:
+async def test_default_max_header_count_is_enforced(sidecar: Any, echo_app: EchoApp) -> None:
     extra = "".join(f"X-{i}: v\r\n" for i in range(150))
     raw, closed = await exchange_closed(sidecar.http_port, get(INVOKE + "/x", extra))
     await settle(echo_app)
@@ -402,7 +420,9 @@ async def test_content_length_at_max_body_size_is_accepted(
     make_sidecar: SidecarFactory, echo_app: EchoApp
 ) -> None:
     sidecar = await make_sidecar(app_port=echo_app.port, max_body_size=1000)
-    data = b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 1000\r\n\r\n"
+    data = (
+        b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 1000\r\n\r\n"
+    )
     raw, _ = await exchange_closed(sidecar.http_port, data + b"b" * 1000)
     response = parse_responses(raw)[0]
     assert response.status == 200, raw
@@ -459,7 +479,9 @@ async def test_chunked_body_growing_past_max_body_size_never_completes_at_app(
         data = b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + body
         raw, closed = await exchange_closed(sidecar.http_port, data)
         await asyncio.sleep(0.2)
-        assert upstream.requests == [], f"the app got a complete over-limit request: {upstream.requests}"
+        assert upstream.requests == [], (
+            f"the app got a complete over-limit request: {upstream.requests}"
+        )
         assert not upstream.errors
     assert closed, raw
     if raw:
@@ -478,7 +500,9 @@ async def test_chunked_body_past_max_body_size_sent_slowly_never_completes_at_ap
     async with RawUpstream(handler) as upstream:
         sidecar = await make_sidecar(app_port=upstream.port, max_body_size=1000)
         async with client(sidecar.http_port) as conn:
-            await conn.send(b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+            await conn.send(
+                b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
             try:
                 for _ in range(5):
                     await conn.send(b"190\r\n" + b"c" * 400 + b"\r\n")
@@ -491,7 +515,9 @@ async def test_chunked_body_past_max_body_size_sent_slowly_never_completes_at_ap
             except TimeoutError:
                 rest = None
         await asyncio.sleep(0.2)
-        assert upstream.requests == [], f"the app got a complete over-limit request: {upstream.requests}"
+        assert upstream.requests == [], (
+            f"the app got a complete over-limit request: {upstream.requests}"
+        )
     assert rest is not None, "the connection was not closed"
     if rest:
         assert parse_responses(rest)[0].status == 413, rest
@@ -566,7 +592,9 @@ async def test_request_body_that_stalls_is_disconnected_after_body_timeout(
 ) -> None:
     sidecar = await make_sidecar(app_port=echo_app.port, body_timeout=1.0)
     async with client(sidecar.http_port) as conn:
-        await conn.send(b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+        await conn.send(
+            b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n" + b"x" * 10
+        )
         rest = await conn.wait_closed_by_server(4.0)
     if rest:
         assert parse_responses(rest)[0].status in (408, 500), rest
@@ -688,12 +716,14 @@ async def test_unreachable_app_is_500_quickly(make_sidecar: SidecarFactory) -> N
 BROKEN_RESPONSES = {
     "garbage": b"this is not http at all\r\n\r\n",
     "bad-status-line": b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
-    "two-content-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello!!",
-    "content-length-and-chunked": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
-    b"5\r\nhello\r\n0\r\n\r\n",
+    "two-content-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n"
+    b"hello!!",
+    "content-length-and-chunked": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     "nul-in-header": b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\nok",
     "obs-fold": b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\nok",
-    "unasked-101": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    "unasked-101": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\n\r\n",
 }
 
 
@@ -732,7 +762,9 @@ EXTRA_AFTER_BODY = {
 }
 
 
-@pytest.mark.parametrize("extra, delay", list(EXTRA_AFTER_BODY.values()), ids=list(EXTRA_AFTER_BODY))
+@pytest.mark.parametrize(
+    "extra, delay", list(EXTRA_AFTER_BODY.values()), ids=list(EXTRA_AFTER_BODY)
+)
 async def test_extra_bytes_after_upstream_body_do_not_poison_next_request(
     make_sidecar: SidecarFactory, extra: bytes, delay: float
 ) -> None:
@@ -792,11 +824,17 @@ async def test_upstream_closing_a_pooled_connection_is_retried_transparently(
 
 
 MORE_MALFORMED: dict[str, bytes] = {
-    "content-length-plus-sign": b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello",
-    "content-length-hex": b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\nhello",
+    "content-length-plus-sign": b"POST "
+    + P
+    + b" HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello",
+    "content-length-hex": b"POST "
+    + P
+    + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\nhello",
     "chunked-twice": b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-    "bare-lf-in-chunk-line": b"POST " + P + b" HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    "bare-lf-in-chunk-line": b"POST "
+    + P
+    + b" HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
     b"5\nhello\r\n0\r\n\r\n",
     "asterisk-target": b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
     "empty-header-name": b"GET " + P + b" HTTP/1.1\r\nHost: a\r\n: x\r\n\r\n",
@@ -859,6 +897,7 @@ async def test_endless_upstream_response_headers_are_cut_off(make_sidecar: Sidec
         raw, closed = await exchange_closed(
             sidecar.http_port, get(f"{INVOKE}/x", "Connection: close\r\n"), timeout=8.0
         )
+    assert closed, "the client connection was left hanging"
     assert sent[0] < 16 * 1024 * 1024, f"the sidecar read {sent[0] >> 20} MiB of response headers"
     if raw:
         response = parse_responses(raw)[0]
@@ -873,7 +912,9 @@ async def test_slow_app_response_is_not_cut_by_header_or_keep_alive_timeouts(
     )
     async with client(sidecar.http_port) as conn:
         await conn.send(
-            b"POST " + INVOKE.encode() + b"/slow?delay=2.2 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok"
+            b"POST "
+            + INVOKE.encode()
+            + b"/slow?delay=2.2 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok"
         )
         async with asyncio.timeout(6.0):
             response = await conn.response()

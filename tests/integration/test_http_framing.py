@@ -13,6 +13,7 @@ stray or missing body byte shows up as a broken next response.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -154,10 +155,8 @@ class Client:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
 
 
 @asynccontextmanager
@@ -183,8 +182,10 @@ def req(
     if host:
         lines.append("Host: 127.0.0.1")
     all_headers = list(headers or [])
-    if length and body and not any(
-        k.lower() in ("content-length", "transfer-encoding") for k, _ in all_headers
+    if (
+        length
+        and body
+        and not any(k.lower() in ("content-length", "transfer-encoding") for k, _ in all_headers)
     ):
         all_headers.append(("Content-Length", str(len(body))))
     lines += [f"{k}: {v}" for k, v in all_headers]
@@ -377,7 +378,11 @@ async def test_chunked_request_reaches_raw_upstream_with_one_framing_header(
         assert not upstream.errors
         method, target, headers, got = upstream.requests[0]
         assert (method, target, got) == ("PUT", "/c", body)
-        framing = [(n.lower(), v) for n, v in headers if n.lower() in ("transfer-encoding", "content-length")]
+        framing = [
+            (n.lower(), v)
+            for n, v in headers
+            if n.lower() in ("transfer-encoding", "content-length")
+        ]
         assert framing in ([("transfer-encoding", "chunked")], [("content-length", str(len(body)))])
 
 
@@ -430,9 +435,13 @@ async def test_chunked_response_reaches_client_complete(sidecar: Any) -> None:
     assert second.status == 200 and second.json()["path"] == "/next"
 
 
-async def _close_delimited(r: asyncio.StreamReader, w: asyncio.StreamWriter, up: RawUpstream) -> None:
+async def _close_delimited(
+    r: asyncio.StreamReader, w: asyncio.StreamWriter, up: RawUpstream
+) -> None:
     _, target, _, _ = await up.read_request(r)
-    w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Target: " + target.encode() + b"\r\n\r\n")
+    w.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Target: " + target.encode() + b"\r\n\r\n"
+    )
     for i in range(20):
         w.write(b"%04d:" % i + b"x" * 995)
         await w.drain()
@@ -491,7 +500,9 @@ async def test_http10_client_gets_chunked_app_response_without_chunked_framing(
     sidecar: Any,
 ) -> None:
     async with client(sidecar.http_port) as conn:
-        await conn.send(req("GET", f"{INVOKE}/old?size=3000&chunked=1", version="HTTP/1.0", host=False))
+        await conn.send(
+            req("GET", f"{INVOKE}/old?size=3000&chunked=1", version="HTTP/1.0", host=False)
+        )
         resp = await conn.response()
         assert await conn.at_eof() == b""
     assert resp.status == 200, resp
@@ -528,7 +539,9 @@ async def test_head_response_with_body_bytes_from_upstream_does_not_leak_to_next
         while True:
             method, target, _, _ = await up.read_request(r)
             if method == "HEAD":
-                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\nHTTP/1.1 200 OK\r\nContent-Le")
+                w.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\nHTTP/1.1 200 OK\r\nContent-Le"
+                )
             else:
                 w.write(echo_target(method, target))
             await w.drain()
@@ -558,8 +571,8 @@ async def test_204_from_app_has_no_body_and_connection_stays_usable(sidecar: Any
     "status_head",
     [
         b"HTTP/1.1 204 No Content\r\nX-Kind: nc\r\n\r\n",
-        b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nX-Kind: nm\r\n\r\n",
-        b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 42\r\n\r\n",
+        b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nX-Kind: nm\r\n\r\n',
+        b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 42\r\n\r\n',
     ],
     ids=["204", "304", "304-with-content-length"],
 )
@@ -594,7 +607,11 @@ async def test_expect_100_continue_gets_interim_then_final_and_app_sees_no_expec
     body = b"payload after continue"
     async with client(sidecar.http_port) as conn:
         await conn.send(
-            req("POST", f"{INVOKE}/expect", [("Expect", "100-continue"), ("Content-Length", str(len(body)))])
+            req(
+                "POST",
+                f"{INVOKE}/expect",
+                [("Expect", "100-continue"), ("Content-Length", str(len(body)))],
+            )
         )
         async with asyncio.timeout(TIMEOUT):
             interim = await conn.reader.readuntil(b"\r\n\r\n")
@@ -660,10 +677,12 @@ async def test_connection_header_naming_te_like_lwp_is_accepted_and_te_dropped(
     assert not app_header_names(resp.json()) & {"te", "connection"}
 
 
-async def test_hop_by_hop_response_headers_do_not_reach_client(make_sidecar: SidecarFactory) -> None:
+async def test_hop_by_hop_response_headers_do_not_reach_client(
+    make_sidecar: SidecarFactory,
+) -> None:
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, up: RawUpstream) -> None:
         while True:
-            method, target, _, _ = await up.read_request(r)
+            await up.read_request(r)
             body = b"hop body"
             w.write(
                 b"HTTP/1.1 200 OK\r\n"
@@ -735,7 +754,7 @@ async def test_interim_1xx_from_upstream_is_followed_by_the_final_200(
 ) -> None:
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, up: RawUpstream) -> None:
         while True:
-            method, target, _, _ = await up.read_request(r)
+            _, target, _, _ = await up.read_request(r)
             for part in interim:
                 w.write(part)
                 await w.drain()
@@ -765,7 +784,10 @@ async def test_interim_1xx_from_upstream_is_followed_by_the_final_200(
 async def test_app_status_headers_and_body_come_back_unchanged(
     sidecar: Any, echo_app: EchoApp, status: int
 ) -> None:
-    query = f"status={status}&size=777&header=X-App-Header:value-{status}&header=Content-Type:text/x-test"
+    query = (
+        f"status={status}&size=777&header=X-App-Header:value-{status}"
+        "&header=Content-Type:text/x-test"
+    )
     async with client(echo_app.port) as direct:
         expected = await direct.roundtrip(req("GET", f"/same?{query}"))
     async with client(sidecar.http_port) as conn:
@@ -798,7 +820,9 @@ async def test_app_json_error_bodies_come_back_unchanged(sidecar: Any, status: i
     "partial",
     [
         b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"p" * 500,
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n100\r\n" + b"p" * 256 + b"\r\n80\r\nppp",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n100\r\n"
+        + b"p" * 256
+        + b"\r\n80\r\nppp",
     ],
     ids=["content-length", "chunked"],
 )
@@ -844,7 +868,10 @@ async def test_upstream_answering_before_reading_the_body_keeps_client_connectio
         head = await r.readuntil(b"\r\n\r\n")
         target = head.split(b" ")[1]
         if target == b"/early":
-            w.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 5\r\nConnection: close\r\n\r\nearly")
+            w.write(
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 5\r\n"
+                b"Connection: close\r\n\r\nearly"
+            )
             await w.drain()
             return
         # Anything else: read the declared body and echo the target.
@@ -898,10 +925,22 @@ async def test_http10_keep_alive_client_gets_keep_alive_and_can_reuse_connection
 ) -> None:
     async with client(sidecar.http_port) as conn:
         first = await conn.roundtrip(
-            req("GET", f"{INVOKE}/ka1?size=100", [("Connection", "keep-alive")], version="HTTP/1.0", host=False)
+            req(
+                "GET",
+                f"{INVOKE}/ka1?size=100",
+                [("Connection", "keep-alive")],
+                version="HTTP/1.0",
+                host=False,
+            )
         )
         second = await conn.roundtrip(
-            req("GET", f"{INVOKE}/ka2", [("Connection", "keep-alive")], version="HTTP/1.0", host=False)
+            req(
+                "GET",
+                f"{INVOKE}/ka2",
+                [("Connection", "keep-alive")],
+                version="HTTP/1.0",
+                host=False,
+            )
         )
     assert first.status == 200 and first.body == pattern(100), first
     assert first.framing == "length"
@@ -916,7 +955,13 @@ async def test_http10_keep_alive_client_with_close_delimited_upstream_gets_close
         sidecar = await make_sidecar(app_port=upstream.port)
         async with client(sidecar.http_port) as conn:
             await conn.send(
-                req("GET", f"{INVOKE}/eof", [("Connection", "keep-alive")], version="HTTP/1.0", host=False)
+                req(
+                    "GET",
+                    f"{INVOKE}/eof",
+                    [("Connection", "keep-alive")],
+                    version="HTTP/1.0",
+                    host=False,
+                )
             )
             resp = await conn.response()
             assert await conn.at_eof() == b""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -68,10 +69,8 @@ class KeepAliveClient:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
 
 
 async def keep_alive_client(port: int) -> KeepAliveClient:
@@ -79,7 +78,9 @@ async def keep_alive_client(port: int) -> KeepAliveClient:
     return KeepAliveClient(reader, writer)
 
 
-async def test_pipelined_mixed_requests_are_answered_in_order(sidecar: Any, echo_app: EchoApp) -> None:
+async def test_pipelined_mixed_requests_are_answered_in_order(
+    sidecar: Any, echo_app: EchoApp
+) -> None:
     body_a = b"first body \x00\xff" * 50
     body_b = b"second body" * 300
     data = b"".join(
@@ -109,7 +110,13 @@ async def test_pipelined_mixed_requests_are_answered_in_order(sidecar: Any, echo
     assert json.loads(no_target.body)["errorCode"] == "ERR_DIRECT_INVOKE"
     assert fourth.body == (b"0123456789abcdef" * 200)[:2000]
     assert fifth.json()["path"] == "/five"
-    assert [p for _, p in echo_app.seen] == ["/one?n=1", "/two", "/three", "/four?size=2000", "/five"]
+    assert [p for _, p in echo_app.seen] == [
+        "/one?n=1",
+        "/two",
+        "/three",
+        "/four?size=2000",
+        "/five",
+    ]
 
 
 async def test_pipelined_requests_behind_a_slow_one_are_answered_in_order(sidecar: Any) -> None:
@@ -205,10 +212,14 @@ async def test_concurrent_clients_each_get_exactly_their_own_echo(sidecar: Any) 
                 body = f"client {n} request {i} ".encode() * (1 + (n + i) % 7)
                 response = await conn.roundtrip(post(f"{INVOKE}/c{n}/r{i}?n={n}", body))
                 echo = response.json()
-                if response.status != 200 or echo["path"] != f"/c{n}/r{i}?n={n}" or echo[
-                    "body"
-                ] != body.decode():
-                    problems.append(f"client {n} request {i} got {echo['path']} {echo['body'][:40]}")
+                if (
+                    response.status != 200
+                    or echo["path"] != f"/c{n}/r{i}?n={n}"
+                    or echo["body"] != body.decode()
+                ):
+                    problems.append(
+                        f"client {n} request {i} got {echo['path']} {echo['body'][:40]}"
+                    )
         finally:
             await conn.close()
         return problems
