@@ -113,10 +113,15 @@ class Exchange:
         if self.expect_continue and not self.request_done:
             self._downstream.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         conn = self._pool.acquire(self)
-        if conn is not None:
-            self.attach(conn)
-        elif not self.cancelled and not self.request_done:
-            self._pending = []
+        if conn is None:
+            if not self.cancelled and not self.request_done:
+                self._pending = []
+            return
+        # An idle pooled connection: the common case, written inline.
+        self._conn = conn
+        conn.attach(self, self._head)
+        if self.request_done:
+            self.request_sent = True
 
     def on_body(self, body: bytes) -> None:
         self._body_received += len(body)

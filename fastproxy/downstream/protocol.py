@@ -397,11 +397,6 @@ class DownstreamProtocol(asyncio.Protocol):
             self._in_head = True
             self._head_started = self._clock.now
         self._url += url
-        self._head_size += len(url)
-        if self._head_size > self._max_head:
-            raise HeadersTooLargeError(
-                f"request line and headers exceed the read buffer size of {self._max_head} bytes"
-            )
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + 4
@@ -538,6 +533,10 @@ class DownstreamProtocol(asyncio.Protocol):
         if len(self._headers) > self._max_header_items:
             raise HeadersTooLargeError(
                 f"a request may carry at most {ctx.max_header_count} header fields"
+            )
+        if self._head_size + len(self._url) > self._max_head:
+            raise HeadersTooLargeError(
+                f"request line and headers exceed the read buffer size of {self._max_head} bytes"
             )
         keep_alive: bool = parser.should_keep_alive()
         if keep_alive and not dirty:
