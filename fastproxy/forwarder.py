@@ -117,7 +117,11 @@ class Exchange:
             if not self.cancelled and not self.request_done:
                 self._pending = []
             return
-        # An idle pooled connection: the common case, written inline.
+        if self._pending:
+            # A pipelined request whose body arrived before its turn.
+            self.attach(conn)
+            return
+        # An idle pooled connection and nothing buffered: the common case, inline.
         self._conn = conn
         conn.attach(self, self._head)
         if self.request_done:
