@@ -11,7 +11,8 @@ from dataclasses import dataclass
 DIRECT = "direct"
 NGINX = "nginx-proxy"
 FASTPROXY = "fastproxy"
-TARGETS: tuple[str, ...] = (DIRECT, NGINX, FASTPROXY)
+RELAY = "byte-relay"
+TARGETS: tuple[str, ...] = (DIRECT, NGINX, RELAY, FASTPROXY)
 
 # The bar, checked on the small-body, 50-connection case.
 VERDICT_CASE = "small-c50"

@@ -44,7 +44,14 @@ from benchmarks.procstat import (  # noqa: E402
     cpu_us_per_request,
     read_system_cpu,
 )
-from benchmarks.report import DIRECT, FASTPROXY, NGINX, TARGETS, Measurement  # noqa: E402
+from benchmarks.report import (  # noqa: E402
+    DIRECT,
+    FASTPROXY,
+    NGINX,
+    RELAY,
+    TARGETS,
+    Measurement,
+)
 from benchmarks.wrkparse import WrkParseError, WrkResult, parse_wrk_output  # noqa: E402
 
 APP_ID = "bench"
@@ -61,6 +68,8 @@ TARGET_ALIASES: dict[str, str] = {
     "nginx-proxy": NGINX,
     "fastproxy": FASTPROXY,
     "fp": FASTPROXY,
+    "relay": RELAY,
+    "byte-relay": RELAY,
 }
 # Optional fastproxy flags that open extra listeners; given free ports when `run --help`
 # lists them, so a Dapr default port already in use on the machine cannot break the run.
@@ -115,7 +124,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--targets",
         default=",".join(TARGETS),
-        help="comma-separated subset of direct,nginx-proxy (or nginx),fastproxy",
+        help="comma-separated subset of direct,nginx-proxy (or nginx),byte-relay (or relay),"
+        " fastproxy",
     )
     p.add_argument(
         "--output",
@@ -429,6 +439,26 @@ class Bench:
             raise BenchError(f"{exc}\ncommand: {' '.join(argv)}\n{proc.log_tail()}") from None
         return Target(FASTPROXY, port, INVOKE_PREFIX, proc)
 
+    def start_relay(self) -> Target:
+        """The bare uvloop byte relay: what the kernel and event loop cost with no HTTP work.
+
+        It forwards bytes unchanged, so wrk asks it for the upstream's own paths.
+        """
+        port = free_port()
+        argv = [
+            *self._pin(0),
+            sys.executable,
+            str(Path(__file__).with_name("relay.py")),
+            str(port),
+            str(self.upstream_port),
+        ]
+        proc = self.registry.start(RELAY, argv, self.tmp, self.tmp / "relay.log")
+        try:
+            wait_ready(proc, port, "/small", 200, READY_TIMEOUT_S)
+        except BenchError as exc:
+            raise BenchError(f"{exc}\n{proc.log_tail()}") from None
+        return Target(RELAY, port, "", proc)
+
     # ----------------------------------------------------------------------- measuring
 
     def _wrk(self, url: str, connections: int, duration_s: float) -> tuple[str, float]:
@@ -727,6 +757,7 @@ def run(args: argparse.Namespace) -> int:
             targets[DIRECT] = direct
         starters: dict[str, Callable[[], Target]] = {
             NGINX: bench.start_nginx_proxy,
+            RELAY: bench.start_relay,
             FASTPROXY: bench.start_fastproxy,
         }
         for name, start in starters.items():
