@@ -10,17 +10,16 @@ the connection or the next request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import EchoApp, SidecarFactory, parse_responses
+from tests.integration.rawhttp import RawClient, RawUpstream, connected, exchange, get, ok
 
 INVOKE = "/v1.0/invoke/app/method"
 P = INVOKE.encode() + b"/x"
@@ -33,24 +32,9 @@ TIMEOUT = 5.0
 async def exchange_closed(
     port: int, data: bytes, *, timeout: float = TIMEOUT
 ) -> tuple[bytes, bool]:
-    """Like `exchange`, but a reset also counts as closed."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    chunks: list[bytes] = []
-    closed = False
-    try:
-        writer.write(data)
-        await writer.drain()
-        async with asyncio.timeout(timeout):
-            while chunk := await reader.read(65536):
-                chunks.append(chunk)
-        closed = True
-    except ConnectionError:
-        closed = True
-    except TimeoutError:
-        closed = False
-    finally:
-        writer.close()
-    return b"".join(chunks), closed
+    """What came back, and whether the server closed: a reset counts, a timeout does not."""
+    raw, error = await exchange(port, data, timeout=timeout)
+    return raw, not isinstance(error, TimeoutError)
 
 
 def error_json(body: bytes) -> dict[str, Any]:
@@ -86,15 +70,7 @@ def closed_port() -> int:
         return port
 
 
-class Client:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
+class Client(RawClient):
     async def response(self) -> Any:
         """One response with a Content-Length or chunked body (httptools parses it)."""
         buffer = b""
@@ -120,102 +96,8 @@ class Client:
                 return b""
 
 
-@asynccontextmanager
-async def client(port: int) -> AsyncIterator[Client]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        yield Client(reader, writer)
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await writer.wait_closed()
-
-
-def get(target: str, extra: str = "") -> bytes:
-    return f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode("latin-1")
-
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "RawUpstream"], Awaitable[None]]
-
-
-class RawUpstream:
-    """A hand-written upstream; `requests` counts complete requests read."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.port = 0
-        self.connections = 0
-        self.requests: list[tuple[str, str, bytes]] = []
-        self.errors: list[BaseException] = []
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.append(writer)
-        self.connections += 1
-        try:
-            await self.handler(reader, writer, self)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
-        except asyncio.CancelledError:
-            pass
-        except Exception as exc:
-            self.errors.append(exc)
-        finally:
-            writer.close()
-            self._tasks.discard(task)
-
-    async def read_request(self, reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
-        raw = await reader.readuntil(b"\r\n\r\n")
-        lines = raw[:-4].decode("latin-1").split("\r\n")
-        method, target, _ = lines[0].split(" ", 2)
-        names = {n.strip().lower(): v.strip() for n, _, v in (x.partition(":") for x in lines[1:])}
-        body = b""
-        if names.get("transfer-encoding", "").lower() == "chunked":
-            parts = []
-            while True:
-                size = int((await reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16)
-                if size == 0:
-                    while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                        pass
-                    break
-                parts.append(await reader.readexactly(size))
-                await reader.readexactly(2)
-            body = b"".join(parts)
-        elif "content-length" in names:
-            body = await reader.readexactly(int(names["content-length"]))
-        self.requests.append((method, target, body))
-        return method, target, body
-
-    async def __aenter__(self) -> RawUpstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.close()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=0.5)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=2.0)
-        try:
-            async with asyncio.timeout(2.0):
-                await self._server.wait_closed()
-        except TimeoutError:
-            pass
-
-
-def ok(body: bytes) -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+def client(port: int) -> AbstractAsyncContextManager[Client]:
+    return connected(Client, port)
 
 
 # -- malformed and smuggling-shaped requests ----------------------------------------------
@@ -469,7 +351,7 @@ async def test_chunked_body_growing_past_max_body_size_never_completes_at_app(
 ) -> None:
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, up: RawUpstream) -> None:
         while True:
-            _, _, body = await up.read_request(r)
+            body = (await up.read_request(r)).body
             w.write(ok(b"got %d" % len(body)))
             await w.drain()
 
@@ -493,7 +375,7 @@ async def test_chunked_body_past_max_body_size_sent_slowly_never_completes_at_ap
 ) -> None:
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, up: RawUpstream) -> None:
         while True:
-            _, _, body = await up.read_request(r)
+            body = (await up.read_request(r)).body
             w.write(ok(b"got %d" % len(body)))
             await w.drain()
 
@@ -733,7 +615,7 @@ async def test_malformed_upstream_response_is_500_and_next_request_works(
 ) -> None:
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, up: RawUpstream) -> None:
         while True:
-            _, target, _ = await up.read_request(r)
+            target = (await up.read_request(r)).target
             if target == "/broken":
                 w.write(broken)
                 await w.drain()
@@ -773,7 +655,7 @@ async def test_extra_bytes_after_upstream_body_do_not_poison_next_request(
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, up: RawUpstream) -> None:
         nonlocal served
         while True:
-            _, target, _ = await up.read_request(r)
+            target = (await up.read_request(r)).target
             served += 1
             if served == 1:
                 if delay:
@@ -807,7 +689,7 @@ async def test_upstream_closing_a_pooled_connection_is_retried_transparently(
     """A keep-alive upstream connection closed while idle: the next GET must still work."""
 
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, up: RawUpstream) -> None:
-        _, target, _ = await up.read_request(r)
+        target = (await up.read_request(r)).target
         w.write(ok(b"own " + target.encode()))
         await w.drain()
         # then close without saying so (no Connection: close)
@@ -857,7 +739,7 @@ async def test_huge_chunk_extension_is_refused(make_sidecar: SidecarFactory) -> 
 
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, up: RawUpstream) -> None:
         while True:
-            _, _, body = await up.read_request(r)
+            body = (await up.read_request(r)).body
             w.write(ok(b"got %d" % len(body)))
             await w.drain()
 

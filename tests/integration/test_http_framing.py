@@ -13,16 +13,16 @@ stray or missing body byte shows up as a broken next response.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import EchoApp, SidecarFactory
+from tests.integration.rawhttp import RawClient, RawUpstream, connected, ok
 
 INVOKE = "/v1.0/invoke/app/method"
 TIMEOUT = 5.0
@@ -112,21 +112,8 @@ async def read_response(reader: asyncio.StreamReader, *, head: bool = False) -> 
     return resp
 
 
-class Client:
+class Client(RawClient):
     """One keep-alive client connection."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, port: int) -> Client:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        return cls(reader, writer)
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
 
     async def response(self, *, head: bool = False, skip_interim: bool = False) -> Resp:
         async with asyncio.timeout(TIMEOUT):
@@ -153,19 +140,9 @@ class Client:
             return
         raise AssertionError(f"unexpected bytes after the response: {extra!r}")
 
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.writer.wait_closed()
 
-
-@asynccontextmanager
-async def client(port: int) -> AsyncIterator[Client]:
-    conn = await Client.open(port)
-    try:
-        yield conn
-    finally:
-        await conn.close()
+def client(port: int) -> AbstractAsyncContextManager[Client]:
+    return connected(Client, port)
 
 
 def req(
@@ -210,93 +187,6 @@ def pattern(size: int) -> bytes:
 
 
 # -- raw upstreams ----------------------------------------------------------------
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "RawUpstream"], Awaitable[None]]
-
-
-class RawUpstream:
-    """An HTTP server written by hand, to misbehave exactly as a test needs."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.port = 0
-        self.connections = 0
-        self.requests: list[tuple[str, str, list[tuple[str, str]], bytes]] = []
-        self.errors: list[BaseException] = []
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.append(writer)
-        self.connections += 1
-        try:
-            await self.handler(reader, writer, self)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
-        except asyncio.CancelledError:
-            pass  # torn down by __aexit__; a cancelled handler task would be reported
-        except Exception as exc:  # surfaced by the test through .errors
-            self.errors.append(exc)
-        finally:
-            writer.close()
-            self._tasks.discard(task)
-
-    async def read_request(
-        self, reader: asyncio.StreamReader
-    ) -> tuple[str, str, list[tuple[str, str]], bytes]:
-        """One request (Content-Length or chunked body), recorded in .requests."""
-        raw = await reader.readuntil(b"\r\n\r\n")
-        lines = raw[:-4].decode("latin-1").split("\r\n")
-        method, target, _ = lines[0].split(" ", 2)
-        headers = [(n, v.strip()) for n, _, v in (line.partition(":") for line in lines[1:])]
-        names = {n.lower(): v for n, v in headers}
-        body = b""
-        if names.get("transfer-encoding", "").lower() == "chunked":
-            parts = []
-            while True:
-                size = int((await reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16)
-                if size == 0:
-                    while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                        pass
-                    break
-                parts.append(await reader.readexactly(size))
-                await reader.readexactly(2)
-            body = b"".join(parts)
-        elif "content-length" in names:
-            body = await reader.readexactly(int(names["content-length"]))
-        request = (method, target, headers, body)
-        self.requests.append(request)
-        return request
-
-    async def __aenter__(self) -> RawUpstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.close()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=0.5)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=2.0)
-        try:
-            async with asyncio.timeout(2.0):
-                await self._server.wait_closed()
-        except TimeoutError:
-            pass
-
-
-def ok(body: bytes, extra: bytes = b"") -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), extra) + body
 
 
 async def serve_forever(

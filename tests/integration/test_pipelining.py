@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from typing import Any
 
 from tests.integration.conftest import EchoApp, SidecarFactory, parse_responses
+from tests.integration.rawhttp import RawClient, exchange, get, ok
 
 INVOKE = "/v1.0/invoke/app/method"
 TIMEOUT = 10.0
-
-
-def get(target: str, extra: str = "") -> bytes:
-    return f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode("latin-1")
 
 
 def post(target: str, body: bytes, extra: str = "") -> bytes:
@@ -32,30 +28,21 @@ def post_chunked(target: str, body: bytes) -> bytes:
 
 async def read_all(port: int, data: bytes, *, timeout: float = TIMEOUT) -> bytes:
     """Write everything in one go, read until the server closes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    chunks = []
-    try:
-        writer.write(data)
-        await writer.drain()
-        async with asyncio.timeout(timeout):
-            while chunk := await reader.read(65536):
-                chunks.append(chunk)
-    finally:
-        writer.close()
-    return b"".join(chunks)
+    raw, error = await exchange(port, data, timeout=timeout)
+    if error is not None:
+        raise error
+    return raw
 
 
-class KeepAliveClient:
+class KeepAliveClient(RawClient):
     """Reads exactly one Content-Length/chunked response at a time from a kept connection."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+        super().__init__(reader, writer)
         self.buffer = b""
 
     async def roundtrip(self, data: bytes) -> Any:
-        self.writer.write(data)
-        await self.writer.drain()
+        await self.send(data)
         async with asyncio.timeout(TIMEOUT):
             while True:
                 responses = parse_responses(self.buffer) if self.buffer else []
@@ -67,15 +54,9 @@ class KeepAliveClient:
                 assert chunk, f"closed by the server; pending {self.buffer!r}"
                 self.buffer += chunk
 
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.writer.wait_closed()
-
 
 async def keep_alive_client(port: int) -> KeepAliveClient:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    return KeepAliveClient(reader, writer)
+    return await KeepAliveClient.open(port)
 
 
 async def test_pipelined_mixed_requests_are_answered_in_order(
@@ -258,7 +239,7 @@ async def test_pipelined_requests_to_a_slow_raw_upstream_keep_their_order(
                 delay = 0.2 if target.endswith(b"0") else 0.0
                 await asyncio.sleep(delay)
                 body = b"answer for " + target
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                writer.write(ok(body))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
