@@ -404,6 +404,8 @@ class DownstreamProtocol(asyncio.Protocol):
             raise HeadersTooLargeError(
                 f"request line and headers exceed the read buffer size of {self._max_head} bytes"
             )
+        if not self._in_head:
+            return  # a chunked body's trailer: not forwarded, and never the next head's
         kind = _EXACT_HEADERS.get(name)
         if kind is None:
             lname = name.lower()
@@ -518,6 +520,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self._body_size = 0
             self._chunk_framing = 0
             self._chunks = 0
+            self._head_size = 0  # trailer bytes were counted
         current = self._current
         if current is None:
             return

@@ -77,7 +77,7 @@ _PLAIN_CONNECTION_VALUES = frozenset(
 _HEAD_END = b"\r\n\r\n"
 # The most response-head bytes read before the head must have ended.
 MAX_RESPONSE_HEAD = 1024 * 1024
-# Pause the client-facing side when this much response data waits to be written.
+# Request data buffered towards the upstream before reading from the client pauses.
 WRITE_HIGH_WATER = 64 * 1024
 
 
@@ -238,9 +238,8 @@ class UpstreamConnection(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        was_idle = self.state is IDLE
         self.state = CLOSED
-        self.pool.discard(self, was_idle)
+        self.pool.discard(self)
         exchange = self.exchange
         if exchange is None or self._complete:
             return
@@ -315,6 +314,8 @@ class UpstreamConnection(asyncio.Protocol):
         exchange = self.exchange
         assert exchange is not None
         parts = self._headers
+        # Trailers of a chunked body also come through on_header: keep them out.
+        self._headers = []
         if self._named_drops is not None:
             parts = _without_named(parts, self._named_drops)
         # Like daprd, the status line is ours: the upstream's reason phrase is not kept.

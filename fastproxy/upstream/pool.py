@@ -142,12 +142,12 @@ class Pool:
         conn.idle_since = self._clock.now
         self._idle.append(conn)
 
-    def discard(self, conn: UpstreamConnection, was_idle: bool) -> None:
+    def discard(self, conn: UpstreamConnection) -> None:
         """Called once per connection when it closes."""
         self.open_count -= 1
-        if was_idle:
-            with contextlib.suppress(ValueError):
-                self._idle.remove(conn)
+        # Closed while idle, by the upstream or by us (sweep, stray bytes): never reuse.
+        with contextlib.suppress(ValueError):
+            self._idle.remove(conn)
         if self._waiters and self.open_count < self.limits.max_connections and not self.closed:
             self._dial(self._waiters.popleft())
 
