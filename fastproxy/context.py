@@ -11,11 +11,13 @@ from fastproxy.config.model import Config, Resources
 from fastproxy.forwarder import Forwarder
 from fastproxy.local import Metadata, local_reply, metadata_document
 from fastproxy.routing import LocalRoute, Router
-from fastproxy.upstream.pool import Endpoint, PoolLimits
+from fastproxy.upstream.endpoint import Endpoint
+from fastproxy.upstream.pool import PoolLimits
 from fastproxy.wire import Clock
 
 if TYPE_CHECKING:
-    from fastproxy.downstream.protocol import DownstreamProtocol, LocalReply
+    from fastproxy.downstream.protocol import DownstreamProtocol
+    from fastproxy.downstream.reply import LocalReply
 
 
 class SidecarContext:

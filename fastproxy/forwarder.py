@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
-from fastproxy.config.errors import ConfigError
 from fastproxy.config.model import HTTPEndpoint
 from fastproxy.errors import ProxyError, invoke_failure
 from fastproxy.routing import Invocation, TargetKind
 from fastproxy.upstream.connection import UpstreamConnection
-from fastproxy.upstream.pool import Endpoint, Pool, PoolLimits
-from fastproxy.wire import CHUNKED, COLON_SP, CRLF, HOP_BY_HOP, LAST_CHUNK, Clock
+from fastproxy.upstream.endpoint import Endpoint, endpoint_from_url, endpoint_headers
+from fastproxy.upstream.pool import Pool, PoolLimits
+from fastproxy.wire import CHUNKED, COLON_SP, CRLF, LAST_CHUNK, Clock
 
 if TYPE_CHECKING:
     from fastproxy.downstream.protocol import DownstreamProtocol
@@ -299,7 +297,7 @@ class Forwarder:
         self._endpoint_headers: dict[str, tuple[bytes, frozenset[bytes]]] = {}
         for name, resource in http_endpoints.items():
             endpoint = endpoint_from_url(resource.base_url, resource)
-            headers = _endpoint_headers(resource)
+            headers = endpoint_headers(resource)
             host = next((v for n, v in resource.headers if n.lower() == "host"), None)
             if host is not None:
                 endpoint = dataclasses.replace(endpoint, host_override=host)
@@ -397,72 +395,6 @@ class Forwarder:
     def close(self) -> None:
         for pool in self.pools:
             pool.close()
-
-
-# Headers an HTTPEndpoint may not set: the sidecar owns framing and hop-by-hop fields.
-_RESERVED_ENDPOINT_HEADERS = HOP_BY_HOP | {b"content-length", b"host", b"expect"}
-
-
-def _endpoint_headers(resource: HTTPEndpoint) -> list[tuple[bytes, bytes]]:
-    """`spec.headers` as bytes; framing fields are refused, Host becomes the pool's Host."""
-    headers: list[tuple[bytes, bytes]] = []
-    for name, value in resource.headers:
-        raw = name.encode("latin-1")
-        lowered = raw.lower()
-        if lowered == b"host":
-            continue
-        if lowered in _RESERVED_ENDPOINT_HEADERS:
-            raise ConfigError(
-                f"{resource.source or resource.name}: HTTPEndpoint {resource.name!r}"
-                f" may not set the {name} header: the sidecar frames requests itself"
-            )
-        headers.append((raw, value.encode("latin-1")))
-    return headers
-
-
-def endpoint_from_url(url: str, resource: HTTPEndpoint | None) -> Endpoint:
-    """An `Endpoint` for an http(s) base URL, with TLS set up for https."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"invalid target url {url!r}")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise ValueError(f"invalid port in target url {url!r}") from None
-    tls = None
-    if parts.scheme == "https":
-        tls = _client_tls_context(resource)
-    base_path = parts.path.rstrip("/").encode("utf-8")
-    return Endpoint(
-        parts.hostname, port, tls, parts.hostname, base_path, port_in_host=parts.port is not None
-    )
-
-
-def _client_tls_context(resource: HTTPEndpoint | None) -> ssl.SSLContext:
-    client_tls = resource.client_tls if resource is not None else None
-    if client_tls is not None and client_tls.root_ca:
-        context = ssl.create_default_context(cadata=client_tls.root_ca)
-    else:
-        context = ssl.create_default_context()
-    if client_tls is not None and client_tls.certificate and client_tls.private_key:
-        _load_pem_pair(context, client_tls.certificate, client_tls.private_key)
-    return context
-
-
-def _load_pem_pair(context: ssl.SSLContext, certificate: str, private_key: str) -> None:
-    # The ssl module loads key pairs from files only; write them to private
-    # temporary files that are removed straight after loading.
-    import os
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        cert_path = os.path.join(folder, "cert.pem")
-        key_path = os.path.join(folder, "key.pem")
-        for path, text in ((cert_path, certificate), (key_path, private_key)):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-        context.load_cert_chain(cert_path, key_path)
 
 
 def _without(headers: list[bytes], names: frozenset[bytes]) -> list[bytes]:

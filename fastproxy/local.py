@@ -6,7 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from fastproxy.downstream.protocol import LocalReply
+from fastproxy.downstream.reply import LocalReply
 from fastproxy.routing import LocalRoute
 from fastproxy.wire import error_body, local_response
 

@@ -13,7 +13,7 @@ import asyncio
 import hmac
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, cast
 
 from httptools import (
     HttpParserCallbackError,
@@ -23,6 +23,24 @@ from httptools import (
 )
 
 from fastproxy.downstream.flow import ReadGate
+from fastproxy.downstream.headers import (
+    API_TOKEN,
+    APP_ID,
+    AUTHORIZATION,
+    CONNECTION,
+    CONTENT_LENGTH,
+    DISGUISABLE,
+    DROP,
+    EXACT_HEADERS,
+    EXPECT,
+    HOST,
+    PLAIN,
+    SPECIAL_HEADERS,
+    TRANSFER_ENCODING,
+    UNNAMEABLE,
+    without_tokens,
+)
+from fastproxy.downstream.reply import Exchange, LocalReply
 from fastproxy.errors import (
     BadRequestError,
     BodyTooLargeError,
@@ -32,7 +50,7 @@ from fastproxy.errors import (
     UnauthorizedError,
 )
 from fastproxy.routing import INVOKE_PREFIX, basic_auth_app_id, local_route, token_exempt
-from fastproxy.wire import COLON_SP, CONTINUE_100, CRLF, error_response
+from fastproxy.wire import COLON_SP, CRLF, error_response
 
 if TYPE_CHECKING:
     from fastproxy.context import SidecarContext
@@ -50,174 +68,6 @@ HEAD_SLACK = 256 * 1024
 CHUNK_FRAMING_SLACK = 256 * 1024
 # How long a refused client may keep sending before its connection is cut.
 LINGER_SECONDS = 2.0
-
-# Header kinds that need more than copying (see on_header).
-_HOST = 1
-_CONTENT_LENGTH = 2
-_TRANSFER_ENCODING = 3
-_CONNECTION = 4
-_DROP = 5
-_EXPECT = 6
-_APP_ID = 7
-_API_TOKEN = 8
-_AUTHORIZATION = 9
-
-_SPECIAL_HEADERS: dict[bytes, int] = {
-    b"host": _HOST,
-    b"content-length": _CONTENT_LENGTH,
-    b"transfer-encoding": _TRANSFER_ENCODING,
-    b"connection": _CONNECTION,
-    b"keep-alive": _DROP,
-    b"proxy-connection": _DROP,
-    b"upgrade": _DROP,
-    b"http2-settings": _DROP,
-    b"te": _DROP,
-    b"trailer": _DROP,
-    b"proxy-authorization": _DROP,
-    b"proxy-authenticate": _DROP,
-    b"dapr-caller-app-id": _DROP,
-    b"dapr-caller-namespace": _DROP,
-    b"dapr-callee-app-id": _DROP,
-    b"expect": _EXPECT,
-    b"dapr-app-id": _APP_ID,
-    b"dapr-api-token": _API_TOKEN,
-    b"authorization": _AUTHORIZATION,
-}
-# Exact spellings looked up before lower-casing a name: the special names in
-# their usual cases, and common plain headers.
-_PLAIN = 0
-_EXACT_HEADERS: dict[bytes, int] = {
-    **{name.title(): kind for name, kind in _SPECIAL_HEADERS.items()},
-    **_SPECIAL_HEADERS,
-    **dict.fromkeys(
-        (
-            b"User-Agent",
-            b"Accept",
-            b"Accept-Encoding",
-            b"Accept-Language",
-            b"Content-Type",
-            b"content-type",
-            b"Cookie",
-            b"Origin",
-            b"Referer",
-            b"traceparent",
-            b"tracestate",
-            b"Cache-Control",
-            b"If-None-Match",
-            b"If-Modified-Since",
-        ),
-        _PLAIN,
-    ),
-}
-# Fields a client may not ask us to drop with `Connection`: the ones that
-# frame or route the request, or that the sidecar itself sets.
-_UNNAMEABLE = frozenset({b"host", b"content-length", b"transfer-encoding", b"forwarded"})
-# Names some servers would read as a framing or routing header once `_` becomes `-`.
-_DISGUISABLE = frozenset(
-    name.replace(b"-", b"_") for name, kind in _SPECIAL_HEADERS.items() if kind != _AUTHORIZATION
-)
-
-
-class Exchange(Protocol):
-    """What the connection needs from one request's handler."""
-
-    request_done: bool
-    response_done: bool
-    response_started: bool
-    keep_alive: bool
-    is_head: bool
-
-    def start(self) -> None: ...
-    def on_body(self, body: bytes) -> None: ...
-    def on_request_complete(self) -> None: ...
-    def cancel(self) -> None: ...
-    def set_client_paused(self, paused: bool) -> None: ...
-
-
-class LocalReply:
-    """A response the sidecar writes itself; any request body is read and dropped."""
-
-    __slots__ = (
-        "_conn",
-        "_data",
-        "_discard_limit",
-        "_discarded",
-        "_expect_continue",
-        "_on_complete",
-        "_sink",
-        "is_head",
-        "keep_alive",
-        "request_done",
-        "response_done",
-        "response_started",
-    )
-
-    def __init__(
-        self,
-        conn: DownstreamProtocol,
-        data: bytes | None,
-        keep_alive: bool,
-        discard_limit: int,
-        on_complete: _BodyHandler | None = None,
-        expect_continue: bool = False,
-    ) -> None:
-        self._conn = conn
-        self._data = data
-        self._on_complete = on_complete
-        self._sink: list[bytes] | None = [] if on_complete is not None else None
-        self._discarded = 0
-        self._discard_limit = discard_limit
-        self._expect_continue = expect_continue
-        self.keep_alive = keep_alive
-        self.is_head = False
-        self.request_done = False
-        self.response_done = False
-        self.response_started = False
-
-    def __repr__(self) -> str:
-        return f"<LocalReply request_done={self.request_done} response_done={self.response_done}>"
-
-    def start(self) -> None:
-        if self._data is not None:
-            self._send(self._data)
-        elif self._expect_continue and not self.request_done:
-            self._conn.write(CONTINUE_100)
-
-    def _send(self, data: bytes) -> None:
-        self.response_started = True
-        self._conn.write(data)
-        self.response_done = True
-        self._conn.response_finished(self)
-        if not self.keep_alive and not self.request_done:
-            # The rest of this request is not wanted: do not wait for it.
-            self._conn.linger_close()
-
-    def on_body(self, body: bytes) -> None:
-        self._discarded += len(body)
-        if self._discarded > self._discard_limit:
-            self.keep_alive = False
-            self._sink = None
-            self._conn.abort()
-        elif self._sink is not None:
-            self._sink.append(body)
-
-    def on_request_complete(self) -> None:
-        self.request_done = True
-        if self._on_complete is not None and self._sink is not None:
-            self._data = self._on_complete(b"".join(self._sink))
-            self._sink = None
-            if self._conn.is_active(self):
-                self._send(self._data)
-
-    def cancel(self) -> None:
-        self._sink = None
-
-    def set_client_paused(self, paused: bool) -> None:
-        return None
-
-
-class _BodyHandler(Protocol):
-    def __call__(self, body: bytes) -> bytes: ...
 
 
 class DownstreamProtocol(asyncio.Protocol):
@@ -406,42 +256,42 @@ class DownstreamProtocol(asyncio.Protocol):
             )
         if not self._in_head:
             return  # a chunked body's trailer: not forwarded, and never the next head's
-        kind = _EXACT_HEADERS.get(name)
+        kind = EXACT_HEADERS.get(name)
         if kind is None:
             lname = name.lower()
-            kind = _SPECIAL_HEADERS.get(lname)
+            kind = SPECIAL_HEADERS.get(lname)
             if kind is None:
-                if 95 in lname and lname in _DISGUISABLE:  # 95: "_"
+                if 95 in lname and lname in DISGUISABLE:  # 95: "_"
                     raise BadRequestError(f"header name {name.decode('latin-1')!r} is not accepted")
-                kind = _PLAIN
-        if kind == _PLAIN:
+                kind = PLAIN
+        if kind == PLAIN:
             self._headers.extend((name, COLON_SP, value, CRLF))
-        elif kind == _HOST:
+        elif kind == HOST:
             self._host_count += 1
-        elif kind == _CONTENT_LENGTH:
+        elif kind == CONTENT_LENGTH:
             # Forwarded as sent: llhttp has checked it is one valid length.
             self._content_length = value
             self._headers.extend((name, COLON_SP, value, CRLF))
-        elif kind == _TRANSFER_ENCODING:
+        elif kind == TRANSFER_ENCODING:
             self._chunked = True
-        elif kind == _DROP:
+        elif kind == DROP:
             return
         else:
             self._dirty = True
             self._note_special(kind, name, value)
 
     def _note_special(self, kind: int, name: bytes, value: bytes) -> None:
-        if kind == _CONNECTION:
+        if kind == CONNECTION:
             lowered = value.lower()
             if lowered not in {b"keep-alive", b"close"}:
                 self._note_connection_tokens(value)
-        elif kind == _APP_ID:
+        elif kind == APP_ID:
             self._app_id_header = value
-        elif kind == _API_TOKEN:
+        elif kind == API_TOKEN:
             self._api_token = value
-        elif kind == _EXPECT:
+        elif kind == EXPECT:
             self._expect_continue = value.lower() == b"100-continue"
-        elif kind == _AUTHORIZATION:
+        elif kind == AUTHORIZATION:
             if value[:6].lower() == b"basic ":
                 self._authorization = value
             self._headers.extend((name, COLON_SP, value, CRLF))
@@ -450,7 +300,7 @@ class DownstreamProtocol(asyncio.Protocol):
         for item in value.split(b","):
             token = item.strip().lower()
             if token and token not in (b"close", b"keep-alive", b"upgrade"):
-                if token in _UNNAMEABLE or token.startswith((b"x-forwarded", b"dapr-")):
+                if token in UNNAMEABLE or token.startswith((b"x-forwarded", b"dapr-")):
                     raise BadRequestError(
                         f"Connection header may not name {token.decode('latin-1')!r}"
                     )
@@ -615,7 +465,7 @@ class DownstreamProtocol(asyncio.Protocol):
             else:
                 invocation = ctx.router.route_path(path)
             if self._connection_tokens is not None:
-                headers = _without_tokens(headers, self._connection_tokens)
+                headers = without_tokens(headers, self._connection_tokens)
             expect_continue = not http10 and self._awaits_continue()
         else:
             invocation = ctx.router.route_path(path)
@@ -817,11 +667,3 @@ def _origin_form(url: bytes) -> bytes:
             slash = url.find(b"/", len(scheme))
             return url[slash:] if slash >= 0 else b"/"
     raise BadRequestError("request target must be a path")
-
-
-def _without_tokens(headers: list[bytes], tokens: list[bytes]) -> list[bytes]:
-    kept: list[bytes] = [headers[0]]
-    for i in range(1, len(headers), 4):
-        if headers[i].lower() not in tokens:
-            kept.extend(headers[i : i + 4])
-    return kept

@@ -15,37 +15,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fastproxy.upstream.connection import IDLE, UpstreamConnection
+from fastproxy.upstream.endpoint import Endpoint
 from fastproxy.wire import Clock
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where a pool connects, and how the requests it carries name their host."""
-
-    host: str
-    port: int
-    tls: ssl.SSLContext | None = None
-    server_hostname: str | None = None
-    base_path: bytes = b""
-    host_override: str | None = None  # an HTTPEndpoint's own `Host` header
-    port_in_host: bool = True  # False when a URL left the scheme's default port implicit
-
-    @property
-    def name(self) -> str:
-        scheme = "https" if self.tls is not None else "http"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{host}:{self.port}"
-
-    @property
-    def host_header(self) -> bytes:
-        if self.host_override is not None:
-            return b"Host: " + self.host_override.encode("latin-1") + b"\r\n"
-        host = self.server_hostname or self.host
-        if ":" in host:
-            host = f"[{host}]"
-        if not self.port_in_host:
-            return b"Host: %s\r\n" % host.encode("idna")
-        return b"Host: %s:%d\r\n" % (host.encode("idna"), self.port)
 
 
 class Waiter(Protocol):

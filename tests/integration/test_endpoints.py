@@ -29,7 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fastproxy import Sidecar
 from fastproxy.config import ConfigError
-from fastproxy.forwarder import endpoint_from_url
+from fastproxy.upstream.endpoint import endpoint_from_url
 from tests.integration.conftest import EchoApp, Response, SidecarFactory, request
 
 pytestmark = pytest.mark.asyncio

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from fastproxy.forwarder import endpoint_from_url
 from fastproxy.upstream.connection import ConnectionState, UpstreamConnection
-from fastproxy.upstream.pool import Endpoint, Pool, PoolLimits
+from fastproxy.upstream.endpoint import Endpoint, endpoint_from_url
+from fastproxy.upstream.pool import Pool, PoolLimits
 from fastproxy.wire import Clock
 
 ENDPOINT = Endpoint("127.0.0.1", 8080)
