@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 system-deps:
 	@missing=""; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || missing="$$missing dnsmasq-base"; \
 	if [ -n "$$missing" ]; then \
 		$(APT_GET) update -qq && $(APT_GET) install -y -qq $$missing; fi
 
