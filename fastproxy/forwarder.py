@@ -254,10 +254,8 @@ class Forwarder:
 
     __slots__ = (
         "_app_pool",
-        "_caller_lines",
         "_endpoint_headers",
         "_endpoint_pools",
-        "_limits",
         "_make_pool",
         "_self_extra",
         "_url_pools",
@@ -275,14 +273,13 @@ class Forwarder:
         app_api_token: str | None = None,
     ) -> None:
         self.app_id = app_id
-        self._limits = limits
 
         def make_pool(endpoint: Endpoint) -> Pool:
             return Pool(endpoint, limits, clock)
 
         self._make_pool = make_pool
         self._app_pool = make_pool(app_endpoint) if app_endpoint is not None else None
-        self._caller_lines = b"dapr-caller-app-id: %s\r\ndapr-caller-namespace: %s\r\n" % (
+        caller_lines = b"dapr-caller-app-id: %s\r\ndapr-caller-namespace: %s\r\n" % (
             app_id.encode(),
             namespace.encode(),
         )
@@ -291,7 +288,7 @@ class Forwarder:
         )
         # Everything a self call adds to the head, computed once.
         self._self_extra = (
-            self._caller_lines + b"dapr-callee-app-id: " + app_id.encode() + CRLF + app_token_line
+            caller_lines + b"dapr-callee-app-id: " + app_id.encode() + CRLF + app_token_line
         )
         self._endpoint_pools: dict[str, Pool] = {}
         self._endpoint_headers: dict[str, tuple[bytes, frozenset[bytes]]] = {}
