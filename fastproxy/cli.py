@@ -158,6 +158,22 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
         f"(default: {_addresses_text(_DEFAULTS.listen_addresses)})",
     )
     add(
+        "--dapr-internal-port",
+        "--dapr-internal-grpc-port",
+        dest="internal_port",
+        type=_port,
+        metavar="PORT",
+        help="port where other sidecars deliver calls for this app; 0 picks a free one "
+        f"(default: {_DEFAULTS.internal_port})",
+    )
+    add(
+        "--dapr-internal-grpc-listen-address",
+        dest="internal_listen_addresses",
+        type=_addresses,
+        metavar="CSV",
+        help="addresses the internal port listens on (default: the --dapr-listen-addresses)",
+    )
+    add(
         "--resources-path",
         dest="resources_paths",
         action="append",
@@ -274,6 +290,7 @@ _ENV_ONLY = (
     ("DAPR_API_TOKEN", "api_token"),
     ("APP_API_TOKEN", "app_api_token"),
     ("NAMESPACE", "namespace"),
+    ("DAPR_HOST_IP", "host_address"),
 )
 
 
@@ -325,6 +342,7 @@ def _apply_command_defaults(
     if command == "demo":
         settings.setdefault("app_id", "demo")
         settings.setdefault("app_port", 0)
+        settings.setdefault("internal_port", 0)
     elif "app_id" not in settings:
         parser.error("--app-id is required (or set APP_ID)")
 

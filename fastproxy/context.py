@@ -5,14 +5,20 @@ Built once at start; connections read it, never rebuild it.
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
 from typing import TYPE_CHECKING
 
 from fastproxy.config.model import Config, Resources
+from fastproxy.discovery.cache import ResolverCache
+from fastproxy.discovery.factory import build_name_resolution
 from fastproxy.forwarder import Forwarder
 from fastproxy.local import Metadata, local_reply, metadata_document
 from fastproxy.routing import LocalRoute, Router
 from fastproxy.upstream.endpoint import Endpoint
-from fastproxy.upstream.pool import PoolLimits
+from fastproxy.upstream.pool import Pool, PoolLimits
+from fastproxy.upstream.remote import PeerPools, RemoteApps
 from fastproxy.wire import Clock
 
 if TYPE_CHECKING:
@@ -30,6 +36,9 @@ class SidecarContext:
         "forwarder",
         "max_header_count",
         "metadata",
+        "name_resolution",
+        "peer_pools",
+        "resolver_cache",
         "resources",
         "router",
     )
@@ -53,6 +62,16 @@ class SidecarContext:
             idle_timeout=config.upstream_idle_timeout,
             connect_timeout=config.upstream_connect_timeout,
         )
+        self.name_resolution = build_name_resolution(
+            resources.configuration, config.namespace, config.internal_port
+        )
+        self.resolver_cache = ResolverCache(
+            self.name_resolution.resolver,
+            time.monotonic,
+            min_ttl=self.name_resolution.min_ttl,
+            max_ttl=self.name_resolution.max_ttl,
+        )
+        self.peer_pools = PeerPools(lambda endpoint: Pool(endpoint, limits, clock))
         self.forwarder = Forwarder(
             config.app_id,
             config.namespace,
@@ -61,6 +80,8 @@ class SidecarContext:
             limits,
             clock,
             config.app_api_token,
+            RemoteApps(self.resolver_cache, self.peer_pools, self.name_resolution.load_balancing),
+            forwarded_lines(config.host_address),
         )
         self.metadata = Metadata(
             metadata_document(
@@ -88,3 +109,31 @@ class SidecarContext:
             conn.check_timeouts(now)
         for pool in self.forwarder.pools:
             pool.sweep(now)
+        for pool in self.peer_pools.pools:
+            pool.sweep(now)
+
+    async def close(self) -> None:
+        """Close upstream pools and name resolution (the registry row goes too)."""
+        self.forwarder.close()
+        self.peer_pools.close()
+        await self.resolver_cache.aclose()
+        registry = self.name_resolution.registry
+        if registry is not None:
+            await registry.stop()
+        resolver = self.name_resolution.resolver
+        close = getattr(resolver, "close", None)
+        if close is not None and resolver is not registry:
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+
+
+def forwarded_lines(host_address: str) -> bytes:
+    """The X-Forwarded-For / X-Forwarded-Host / Forwarded values this sidecar appends."""
+    hostname = socket.gethostname()
+    node = f'"[{host_address}]"' if ":" in host_address else host_address
+    return (
+        f"X-Forwarded-For: {host_address}\r\n"
+        f"X-Forwarded-Host: {hostname}\r\n"
+        f"Forwarded: for={node};by={node};host={hostname}\r\n"
+    ).encode("latin-1")

@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from fastproxy.config.model import HTTPEndpoint
+from fastproxy.discovery.model import Address, ResolverUnavailable, ServiceNotFound
 from fastproxy.errors import ProxyError, invoke_failure
 from fastproxy.routing import Invocation, TargetKind
 from fastproxy.upstream.connection import UpstreamConnection
 from fastproxy.upstream.endpoint import Endpoint, endpoint_from_url, endpoint_headers
 from fastproxy.upstream.pool import Pool, PoolLimits
+from fastproxy.upstream.remote import RemoteApp, RemoteApps
 from fastproxy.wire import CHUNKED, COLON_SP, CRLF, LAST_CHUNK, Clock
 
 if TYPE_CHECKING:
@@ -249,14 +251,143 @@ class Exchange:
         self._downstream.reply_error(self, error)
 
 
+class RemoteExchange(Exchange):
+    """An exchange whose upstream is another app's sidecar, chosen per attempt.
+
+    The sidecar is picked when the exchange starts (after a name lookup when
+    the cache has no answer yet); a sidecar that cannot be reached is ejected
+    and the next one tried, as long as nothing of the request was sent.
+    """
+
+    __slots__ = ("_address", "_last_error", "_remote", "_resolving", "_tried")
+
+    def __init__(
+        self,
+        downstream: DownstreamProtocol,
+        remote: RemoteApp,
+        head: bytes,
+        target: str,
+        chunked_in: bool,
+        keep_alive: bool,
+        is_head: bool,
+        http10: bool,
+        replayable: bool,
+        expect_continue: bool,
+    ) -> None:
+        # The pool is only known once a sidecar is picked (see _choose).
+        super().__init__(
+            downstream,
+            cast(Pool, None),
+            head,
+            target,
+            chunked_in,
+            keep_alive,
+            is_head,
+            http10,
+            replayable,
+            expect_continue,
+        )
+        self._remote = remote
+        self._address: Address | None = None
+        self._tried: list[Address] = []
+        self._resolving: asyncio.Future[None] | None = None
+        self._last_error = ""
+
+    def __repr__(self) -> str:
+        return (
+            f"<RemoteExchange {self._target} at {self._address} tried={len(self._tried)}"
+            f" request_done={self.request_done} response_done={self.response_done}>"
+        )
+
+    def start(self) -> None:
+        if self.expect_continue and not self.request_done:
+            self._downstream.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self._pending is None and not self.request_done:
+            self._pending = []
+        self._choose(self._remote.cached())
+
+    def _choose(self, addresses: tuple[Address, ...] | None) -> None:
+        if self.cancelled or self.response_started:
+            return
+        if addresses is None:
+            self._resolving = asyncio.ensure_future(self._resolve())
+            return
+        address = self._remote.pick(addresses, self._tried)
+        if address is None:
+            self._remote.forget()
+            reason = f"no instance of {self._target} could be reached"
+            if self._last_error:
+                reason += f" (last error: {self._last_error})"
+            self._fail(invoke_failure(self._target, reason))
+            return
+        self._address = address
+        self._pool = self._remote.pool(address)
+        self._remote.started(address)
+        conn = self._pool.acquire(self)
+        if conn is not None:
+            self.attach(conn)
+
+    async def _resolve(self) -> None:
+        try:
+            addresses = await self._remote.resolve()
+        except ServiceNotFound:
+            self._fail(invoke_failure(self._target, f"couldn't find service: {self._target}"))
+            return
+        except ResolverUnavailable as exc:
+            self._fail(invoke_failure(self._target, f"name resolution failed: {exc}"))
+            return
+        self._choose(addresses)
+
+    def _done_with_address(self, ok: bool) -> None:
+        address = self._address
+        if address is not None:
+            self._address = None
+            self._remote.finished(address, ok)
+
+    def connect_failed(self, reason: str) -> None:
+        if self.cancelled or self.response_done:
+            return
+        # Nothing was sent: another instance may take the request.
+        if self._address is not None:
+            self._tried.append(self._address)
+        self._done_with_address(False)
+        self._last_error = reason
+        self._choose(self._remote.cached())
+
+    def upstream_failed(self, reason: str, got_response_bytes: bool) -> None:
+        self._done_with_address(False)
+        super().upstream_failed(reason, got_response_bytes)
+
+    def response_finished(self, conn: UpstreamConnection, reusable: bool) -> None:
+        self._done_with_address(True)
+        super().response_finished(conn, reusable)
+
+    def cancel(self) -> None:
+        if self._resolving is not None:
+            self._resolving.cancel()
+        self._done_with_address(True)
+        if self._pool is None:
+            self.cancelled = True
+            return
+        super().cancel()
+
+    def _fail(self, error: ProxyError) -> None:
+        self._done_with_address(False)
+        super()._fail(error)
+
+
 class Forwarder:
     """Builds exchanges; owns the upstream pools (app channel, endpoints, URLs)."""
 
     __slots__ = (
         "_app_pool",
+        "_delivered_extra",
         "_endpoint_headers",
         "_endpoint_pools",
         "_make_pool",
+        "_namespace",
+        "_remote_apps",
+        "_remote_extra",
         "_self_extra",
         "_url_pools",
         "app_id",
@@ -271,8 +402,12 @@ class Forwarder:
         limits: PoolLimits,
         clock: Clock,
         app_api_token: str | None = None,
+        remote_apps: RemoteApps | None = None,
+        forwarded_lines: bytes = b"",
     ) -> None:
         self.app_id = app_id
+        self._namespace = namespace
+        self._remote_apps = remote_apps
 
         def make_pool(endpoint: Endpoint) -> Pool:
             return Pool(endpoint, limits, clock)
@@ -286,10 +421,14 @@ class Forwarder:
         app_token_line = (
             b"dapr-api-token: " + app_api_token.encode() + CRLF if app_api_token else b""
         )
-        # Everything a self call adds to the head, computed once.
-        self._self_extra = (
-            caller_lines + b"dapr-callee-app-id: " + app_id.encode() + CRLF + app_token_line
-        )
+        callee_lines = b"dapr-callee-app-id: " + app_id.encode() + CRLF + app_token_line
+        # Everything a self call adds to the head, computed once. A call that
+        # another sidecar delivered keeps the caller headers that sidecar set.
+        self._self_extra = caller_lines + callee_lines
+        self._delivered_extra = callee_lines
+        # What a call to another app's sidecar carries: who calls, and the
+        # X-Forwarded-For / X-Forwarded-Host / Forwarded values of this host.
+        self._remote_extra = caller_lines + forwarded_lines
         self._endpoint_pools: dict[str, Pool] = {}
         self._endpoint_headers: dict[str, tuple[bytes, frozenset[bytes]]] = {}
         for name, resource in http_endpoints.items():
@@ -322,8 +461,12 @@ class Forwarder:
         keep_alive: bool,
         http10: bool,
         expect_continue: bool,
+        delivered: bool = False,
     ) -> Exchange:
         """The exchange for an invocation; raises ProxyError when it cannot be made.
+
+        `delivered` marks a call another sidecar delivered to the internal
+        listener: it may only be for this sidecar's own app.
 
         `headers` is the client's header block as a flat list (name, ": ",
         value, CRLF) after a free slot at index 0, which receives the request
@@ -332,9 +475,25 @@ class Forwarder:
         kind = invocation.kind
         if kind is _APP:
             pool = self._app_pool
-            if not invocation.is_self or pool is None:
+            if not invocation.is_self:
+                if delivered:
+                    raise invoke_failure(
+                        invocation.target, f"this sidecar serves {self.app_id!r} only"
+                    )
+                return self._open_remote(
+                    downstream,
+                    invocation,
+                    method,
+                    query,
+                    headers,
+                    chunked_in,
+                    keep_alive,
+                    http10,
+                    expect_continue,
+                )
+            if pool is None:
                 raise self._no_route(invocation)
-            extra = self._self_extra
+            extra = self._delivered_extra if delivered else self._self_extra
         elif kind is _ENDPOINT:
             pool = self._endpoint_pools[invocation.target]
             extra, names = self._endpoint_headers[invocation.target]
@@ -353,6 +512,54 @@ class Forwarder:
         return Exchange(
             downstream,
             pool,
+            b"".join(headers),
+            invocation.target,
+            chunked_in,
+            keep_alive,
+            method == b"HEAD",
+            http10,
+            not chunked_in and method in _IDEMPOTENT,
+            expect_continue,
+        )
+
+    def _open_remote(
+        self,
+        downstream: DownstreamProtocol,
+        invocation: Invocation,
+        method: bytes,
+        query: bytes,
+        headers: list[bytes],
+        chunked_in: bool,
+        keep_alive: bool,
+        http10: bool,
+        expect_continue: bool,
+    ) -> Exchange:
+        """A call for another app: to its sidecar's internal listener, target made explicit."""
+        remote_apps = self._remote_apps
+        if remote_apps is None:
+            raise self._no_route(invocation)
+        remote = remote_apps.get(invocation.app_id, invocation.namespace)
+        qualified = f"{invocation.app_id}.{invocation.namespace}".encode()
+        headers[0] = b"".join(
+            (
+                method,
+                b" /v1.0/invoke/",
+                qualified,
+                b"/method",
+                invocation.method,
+                query,
+                b" HTTP/1.1\r\nHost: ",
+                qualified,
+                CRLF,
+            )
+        )
+        headers.append(self._remote_extra)
+        if chunked_in:
+            headers.append(CHUNKED)
+        headers.append(CRLF)
+        return RemoteExchange(
+            downstream,
+            remote,
             b"".join(headers),
             invocation.target,
             chunked_in,

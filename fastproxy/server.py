@@ -13,11 +13,13 @@ import gc
 import logging
 import signal
 import socket
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 from fastproxy.config import Config, Resources, load_resources
 from fastproxy.context import SidecarContext
+from fastproxy.discovery.model import Address, DiscoveryError
 from fastproxy.downstream.protocol import DownstreamProtocol
 from fastproxy.log import setup_logging
 from fastproxy.wire import Clock
@@ -38,6 +40,7 @@ class Sidecar:
         self.resources: Resources | None = None
         self.context: SidecarContext | None = None
         self._servers: list[asyncio.base_events.Server] = []
+        self._internal_servers: list[asyncio.base_events.Server] = []
         self._tick_handle: asyncio.TimerHandle | None = None
         self._stopped: asyncio.Event | None = None
 
@@ -47,13 +50,7 @@ class Sidecar:
 
     @property
     def http_ports(self) -> list[int]:
-        ports: list[int] = []
-        for server in self._servers:
-            for sock in server.sockets:
-                port = sock.getsockname()[1]
-                if port not in ports:
-                    ports.append(port)
-        return ports
+        return _ports(self._servers)
 
     @property
     def http_port(self) -> int:
@@ -72,48 +69,62 @@ class Sidecar:
         self.context = SidecarContext(config, self.resources, clock)
         self._stopped = asyncio.Event()
         await self._bind()
+        await self._register()
         _tune_gc()
         loop = asyncio.get_running_loop()
         self._tick_handle = loop.call_later(1.0, self._tick)
         log.info(
-            "fastproxy %s listening on %s port %d (app channel %s:%s)",
+            "fastproxy %s listening on %s port %d, internal port %d (app channel %s:%s;"
+            " name resolution %s)",
             config.app_id,
             ",".join(config.listen_addresses),
             self.http_port,
+            self.internal_port,
             config.app_channel_address,
             config.app_port,
+            self.context.name_resolution.component,
         )
 
     async def _bind(self) -> None:
-        loop = asyncio.get_running_loop()
         ctx = self.context
         assert ctx is not None
-        port = self.config.http_port
-        errors: list[str] = []
-        for address in self.config.listen_addresses:
-            try:
-                server = await loop.create_server(
-                    lambda: DownstreamProtocol(ctx),
-                    host=address,
-                    port=port,
-                    reuse_address=True,
-                    backlog=4096,
-                )
-            except OSError as exc:
-                if _is_unavailable_address(address, exc):
-                    errors.append(f"{address}: {exc.strerror}")
-                    continue
-                await self._close_servers()
-                raise
-            for sock in server.sockets:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._servers.append(server)
-            if port == 0:
-                port = server.sockets[0].getsockname()[1]
-        if not self._servers:
-            raise OSError(f"could not listen on any address: {'; '.join(errors)}")
-        for error in errors:
-            log.warning("not listening on %s", error)
+        config = self.config
+        self._servers = await _listen(
+            lambda: DownstreamProtocol(ctx), config.listen_addresses, config.http_port
+        )
+        internal_addresses = config.internal_listen_addresses or config.listen_addresses
+        try:
+            self._internal_servers = await _listen(
+                lambda: DownstreamProtocol(ctx, delivered=True),
+                internal_addresses,
+                config.internal_port,
+            )
+        except OSError:
+            await self._close_servers()
+            raise
+
+    @property
+    def internal_port(self) -> int:
+        """The bound internal port, where other sidecars deliver calls for this app."""
+        ports = _ports(self._internal_servers)
+        if not ports:
+            raise RuntimeError("the sidecar is not started")
+        return ports[0]
+
+    async def _register(self) -> None:
+        """Write this sidecar into the embedded registry, when that is the resolver."""
+        ctx = self.context
+        assert ctx is not None
+        registry = ctx.name_resolution.registry
+        if registry is None or self.config.app_port is None:
+            return
+        address = Address(self.config.host_address, self.internal_port)
+        try:
+            await registry.register(self.config.app_id, self.config.namespace, address)
+        except DiscoveryError as exc:
+            log.warning("could not register in %s: %s", registry.path, exc)
+            return
+        registry.start()
 
     def _tick(self) -> None:
         ctx = self.context
@@ -140,7 +151,7 @@ class Sidecar:
             await asyncio.sleep(0.05)
         for conn in list(ctx.connections):
             conn.abort()
-        ctx.forwarder.close()
+        await ctx.close()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
@@ -150,7 +161,8 @@ class Sidecar:
             self._stopped.set()
 
     async def _close_servers(self) -> None:
-        servers, self._servers = self._servers, []
+        servers = self._servers + self._internal_servers
+        self._servers, self._internal_servers = [], []
         for server in servers:
             server.close()
         for server in servers:
@@ -174,6 +186,47 @@ class Sidecar:
         await self.stop()
 
 
+def _ports(servers: list[asyncio.base_events.Server]) -> list[int]:
+    ports: list[int] = []
+    for server in servers:
+        for sock in server.sockets:
+            port = sock.getsockname()[1]
+            if port not in ports:
+                ports.append(port)
+    return ports
+
+
+async def _listen(
+    factory: Callable[[], asyncio.Protocol], addresses: tuple[str, ...], port: int
+) -> list[asyncio.base_events.Server]:
+    """One server per address, all on the same port (the first bound one when 0)."""
+    loop = asyncio.get_running_loop()
+    servers: list[asyncio.base_events.Server] = []
+    errors: list[str] = []
+    for address in addresses:
+        try:
+            server = await loop.create_server(
+                factory, host=address, port=port, reuse_address=True, backlog=4096
+            )
+        except OSError as exc:
+            if _is_unavailable_address(address, exc):
+                errors.append(f"{address}: {exc.strerror}")
+                continue
+            for started in servers:
+                started.close()
+            raise
+        for sock in server.sockets:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        servers.append(server)
+        if port == 0:
+            port = server.sockets[0].getsockname()[1]
+    if not servers:
+        raise OSError(f"could not listen on any address: {'; '.join(errors)}")
+    for error in errors:
+        log.warning("not listening on %s", error)
+    return servers
+
+
 def _tune_gc() -> None:
     """Keep the cyclic collector off the hot path.
 
@@ -194,11 +247,12 @@ def _is_unavailable_address(address: str, exc: OSError) -> bool:
 
 async def serve(config: Config) -> int:
     sidecar = Sidecar(config)
-    await sidecar.start()
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
+    # Before starting: the listeners answer as soon as they are bound.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
+    await sidecar.start()
     await stop_requested.wait()
     log.info("shutting down: draining for up to %ss", config.graceful_shutdown_seconds)
     await sidecar.stop()

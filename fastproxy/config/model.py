@@ -51,6 +51,11 @@ class Config:
     app_channel_address: str = "127.0.0.1"
     http_port: int = 3500
     listen_addresses: tuple[str, ...] = ("127.0.0.1", "::1")
+    # Where other sidecars deliver calls for this app; None: the listen addresses.
+    internal_port: int = 50002
+    internal_listen_addresses: tuple[str, ...] | None = None
+    # The address other sidecars reach this one at (daprd's DAPR_HOST_IP).
+    host_address: str = "127.0.0.1"
     resources_paths: tuple[str, ...] = ()
     config_file: str | None = None
     max_body_size: int = 4 * MIB

@@ -64,6 +64,16 @@ EXACT_HEADERS: dict[bytes, int] = {
         PLAIN,
     ),
 }
+# On the internal listener the caller headers are the calling sidecar's word: kept.
+_SET_BY_CALLER = (b"dapr-caller-app-id", b"dapr-caller-namespace")
+SPECIAL_HEADERS_DELIVERED: dict[bytes, int] = {
+    name: kind for name, kind in SPECIAL_HEADERS.items() if name not in _SET_BY_CALLER
+}
+EXACT_HEADERS_DELIVERED: dict[bytes, int] = {
+    **EXACT_HEADERS,
+    **{name: PLAIN for name in _SET_BY_CALLER},
+    **{name.title(): PLAIN for name in _SET_BY_CALLER},
+}
 # Fields a client may not ask us to drop with `Connection`: the ones that
 # frame or route the request, or that the sidecar itself sets.
 UNNAMEABLE = frozenset({b"host", b"content-length", b"transfer-encoding", b"forwarded"})
@@ -74,6 +84,7 @@ DISGUISABLE = frozenset(
 
 
 def without_tokens(headers: list[bytes], tokens: list[bytes]) -> list[bytes]:
+    """The header list without the fields `Connection` named (index 0 is the line slot)."""
     kept: list[bytes] = [headers[0]]
     for i in range(1, len(headers), 4):
         if headers[i].lower() not in tokens:

@@ -32,10 +32,12 @@ from fastproxy.downstream.headers import (
     DISGUISABLE,
     DROP,
     EXACT_HEADERS,
+    EXACT_HEADERS_DELIVERED,
     EXPECT,
     HOST,
     PLAIN,
     SPECIAL_HEADERS,
+    SPECIAL_HEADERS_DELIVERED,
     TRANSFER_ENCODING,
     UNNAMEABLE,
     without_tokens,
@@ -87,7 +89,9 @@ class DownstreamProtocol(asyncio.Protocol):
         "_content_length",
         "_ctx",
         "_current",
+        "_delivered",
         "_dirty",
+        "_exact_kinds",
         "_expect_continue",
         "_gate",
         "_head_read",
@@ -104,14 +108,22 @@ class DownstreamProtocol(asyncio.Protocol):
         "_max_header_items",
         "_parser",
         "_pending",
+        "_special_kinds",
+        "_token",
         "_url",
         "_write_buffered",
         "_write_paused_since",
         "transport",
     )
 
-    def __init__(self, ctx: SidecarContext) -> None:
+    def __init__(self, ctx: SidecarContext, delivered: bool = False) -> None:
         self._ctx = ctx
+        # On the internal listener, calls other sidecars deliver for our app:
+        # no API token there, caller headers kept, only our own app served.
+        self._delivered = delivered
+        self._exact_kinds = EXACT_HEADERS_DELIVERED if delivered else EXACT_HEADERS
+        self._special_kinds = SPECIAL_HEADERS_DELIVERED if delivered else SPECIAL_HEADERS
+        self._token = None if delivered else ctx.api_token
         self._max_head = ctx.config.read_buffer_size
         self._max_body = ctx.config.max_body_size
         # The header list holds 4 items per forwarded field after its first slot.
@@ -256,10 +268,10 @@ class DownstreamProtocol(asyncio.Protocol):
             )
         if not self._in_head:
             return  # a chunked body's trailer: not forwarded, and never the next head's
-        kind = EXACT_HEADERS.get(name)
+        kind = self._exact_kinds.get(name)
         if kind is None:
             lname = name.lower()
-            kind = SPECIAL_HEADERS.get(lname)
+            kind = self._special_kinds.get(lname)
             if kind is None:
                 if 95 in lname and lname in DISGUISABLE:  # 95: "_"
                     raise BadRequestError(f"header name {name.decode('latin-1')!r} is not accepted")
@@ -424,8 +436,8 @@ class DownstreamProtocol(asyncio.Protocol):
                 f"request body of {int(content_length)} bytes exceeds --max-body-size"
                 f" of {self._max_body} bytes"
             )
-        if ctx.api_token is not None:
-            self._check_token(ctx.api_token, method, path)
+        if self._token is not None:
+            self._check_token(self._token, method, path)
         if not dirty:
             # A path routed before is an invoke path: no local route to look for.
             invocation = self._cached_route(path)
@@ -440,6 +452,7 @@ class DownstreamProtocol(asyncio.Protocol):
                     keep_alive and not self._closing,
                     http10,
                     False,
+                    self._delivered,
                 )
         if not path.startswith(INVOKE_PREFIX):
             local = local_route(method, path)
@@ -479,6 +492,7 @@ class DownstreamProtocol(asyncio.Protocol):
             keep_alive and not self._closing,
             http10,
             expect_continue,
+            self._delivered,
         )
 
     def _awaits_continue(self) -> bool:

@@ -128,6 +128,9 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
     def start(args: Sequence[str], **env: str) -> Proc:
         folder = tmp_path / f"proc{len(procs)}"
         folder.mkdir()
+        if args and args[0] == "run" and not any("internal" in a for a in args):
+            # The default internal port (50002) may be taken: ask for a free one.
+            args = [*args, "--dapr-internal-port", "0"]
         proc = Proc(args, clean_env(**env), folder)
         procs.append(proc)
         return proc

@@ -406,6 +406,8 @@ async def sidecar_process(echo_app: EchoApp, tmp_path: Path) -> AsyncIterator[Ca
                 str(port),
                 "--dapr-listen-addresses",
                 "127.0.0.1",
+                "--dapr-internal-port",
+                "0",
             ],
             cwd=REPO,
             env=environ,

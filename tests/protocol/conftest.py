@@ -160,7 +160,11 @@ class Rig:
         clock = Clock()
         clock.date_header = DATE
         self.clock = clock
-        self.ctx = SidecarContext(Config(app_id="me", app_port=1), Resources(), clock)
+        # Name resolution from an empty static table: answers without any I/O.
+        no_peers = {"nameResolution": {"component": "static", "configuration": {"apps": {}}}}
+        self.ctx = SidecarContext(
+            Config(app_id="me", app_port=1), Resources(configuration=no_peers), clock
+        )
         (self.pool,) = self.ctx.forwarder.pools
         self.dialer = FakeDialer()
         # The one reach into the pool: its dials go to the fake dialer.
@@ -184,6 +188,11 @@ class Rig:
 
     def send(self, data: bytes) -> None:
         self.downstream.data_received(data)
+
+    async def settle(self) -> None:
+        """Let scheduled work run (a name lookup answers on a later loop turn)."""
+        for _ in range(10):
+            await asyncio.sleep(0)
 
     def respond(self, data: bytes, conn: UpstreamConnection | None = None) -> None:
         (conn or self.upstream).data_received(data)

@@ -264,6 +264,7 @@ async def test_request_for_another_app_gets_500_without_touching_upstream(
     rig: Rig, request_bytes: bytes, body: bytes
 ) -> None:
     rig.send(request_bytes)
+    await rig.settle()
     assert rig.client.data == local_json(b"HTTP/1.1 500 Internal Server Error\r\n", body)
     assert rig.upstream_wire.data == b""
     assert rig.dialer.dials == []
@@ -273,6 +274,7 @@ async def test_request_for_another_app_gets_500_without_touching_upstream(
 
 async def test_connection_serves_next_request_after_refusing_one(rig: Rig) -> None:
     rig.send(b"GET /v1.0/invoke/other/method/x HTTP/1.1\r\nHost: localhost:3500\r\n\r\n" + GET_A)
+    await rig.settle()
     assert rig.client.take().startswith(b"HTTP/1.1 500 ")
     assert rig.upstream_wire.data == UP_A
     rig.respond(OK_A)

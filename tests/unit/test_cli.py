@@ -19,6 +19,9 @@ RUN_FLAGS = [
     "--app-channel-address",
     "--dapr-http-port",
     "--dapr-listen-addresses",
+    "--dapr-internal-port",
+    "--dapr-internal-grpc-port",
+    "--dapr-internal-grpc-listen-address",
     "--resources-path",
     "--components-path",
     "--config",
@@ -31,7 +34,15 @@ RUN_FLAGS = [
     "--header-timeout",
 ]
 RUN_A = ["run", "--app-id", "a"]
-ENV_VARS = ["APP_ID", "APP_PORT", "DAPR_HTTP_PORT", "DAPR_API_TOKEN", "APP_API_TOKEN", "NAMESPACE"]
+ENV_VARS = [
+    "APP_ID",
+    "APP_PORT",
+    "DAPR_HTTP_PORT",
+    "DAPR_API_TOKEN",
+    "APP_API_TOKEN",
+    "NAMESPACE",
+    "DAPR_HOST_IP",
+]
 
 
 # --- building Config -------------------------------------------------------------
@@ -218,12 +229,17 @@ def test_components_path_appends_to_resources_paths() -> None:
 @pytest.mark.parametrize(
     ("argv", "environ", "expected"),
     [
-        pytest.param([], {}, Config(app_id="demo", app_port=0), id="defaults"),
-        pytest.param([], {"APP_ID": "mine"}, Config(app_id="mine", app_port=0), id="env-app-id"),
+        pytest.param([], {}, Config(app_id="demo", app_port=0, internal_port=0), id="defaults"),
+        pytest.param(
+            [],
+            {"APP_ID": "mine"},
+            Config(app_id="mine", app_port=0, internal_port=0),
+            id="env-app-id",
+        ),
         pytest.param(
             ["--app-id", "d", "--app-port", "9000"],
             {},
-            Config(app_id="d", app_port=9000),
+            Config(app_id="d", app_port=9000, internal_port=0),
             id="flags",
         ),
     ],
@@ -405,7 +421,7 @@ def _fake_runner(
             ["demo"],
             "fastproxy.demo",
             "run_demo",
-            Config(app_id="demo", app_port=0),
+            Config(app_id="demo", app_port=0, internal_port=0),
             id="demo",
         ),
     ],
