@@ -338,7 +338,7 @@ class RemoteExchange(Exchange):
             return
         self._choose(addresses)
 
-    def _done_with_address(self, ok: bool) -> None:
+    def _done_with_address(self, ok: bool | None) -> None:
         address = self._address
         if address is not None:
             self._address = None
@@ -365,7 +365,7 @@ class RemoteExchange(Exchange):
     def cancel(self) -> None:
         if self._resolving is not None:
             self._resolving.cancel()
-        self._done_with_address(True)
+        self._done_with_address(None)
         if self._pool is None:
             self.cancelled = True
             return

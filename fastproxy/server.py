@@ -73,15 +73,18 @@ class Sidecar:
         _tune_gc()
         loop = asyncio.get_running_loop()
         self._tick_handle = loop.call_later(1.0, self._tick)
+        channel = (
+            f"app channel {config.app_channel_address}:{config.app_port}"
+            if config.app_port is not None
+            else "no app channel"
+        )
         log.info(
-            "fastproxy %s listening on %s port %d, internal port %d (app channel %s:%s;"
-            " name resolution %s)",
+            "fastproxy %s listening on %s port %d, internal port %d (%s; name resolution %s)",
             config.app_id,
             ",".join(config.listen_addresses),
             self.http_port,
             self.internal_port,
-            config.app_channel_address,
-            config.app_port,
+            channel,
             self.context.name_resolution.component,
         )
 

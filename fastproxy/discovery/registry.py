@@ -7,7 +7,6 @@ heartbeat and deletes it on clean shutdown; a lookup reads the fresh rows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import os
@@ -175,19 +174,25 @@ class SqliteRegistry:
         if self.state is RegistryState.CLOSED:
             return
         self.state = RegistryState.CLOSED
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-            self._heartbeat = None
+        task, self._heartbeat = self._heartbeat, None
+        if task is not None:
+            task.cancel()
+            # Not `await task`: a cancellation of stop() itself must propagate.
+            # Bounded, and the loop checks the state, should a cancel be lost.
+            done, _ = await asyncio.wait([task], timeout=self.timeout + 1.0)
+            if done and not task.cancelled() and (error := task.exception()) is not None:
+                log.error("registry %s: heartbeat crashed", self.path, exc_info=error)
         try:
             if self.registered is not None:
                 await self._run(self._delete)
         except ResolverUnavailable as exc:
             # The row will stop resolving on its own after max_age.
             log.warning("registry %s: could not delete registration: %s", self.path, exc)
-        finally:
+        try:
             await self._run(self._close)
+        except ResolverUnavailable as exc:
+            log.debug("registry %s: close failed: %s", self.path, exc)
+        finally:
             self._executor.shutdown(wait=False)
 
     async def _beat(self) -> None:
@@ -197,6 +202,8 @@ class SqliteRegistry:
             log.warning("registry %s: cleanup failed: %s", self.path, exc)
         while True:
             await asyncio.sleep(self.update_interval / 2)
+            if self.state is not RegistryState.RUNNING:
+                return
             if self.registered is None:
                 continue
             try:
@@ -210,10 +217,12 @@ class SqliteRegistry:
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, fn, *args)
         try:
-            # The busy timeout should fire first; this bounds a thread stuck in I/O.
-            return await asyncio.wait_for(future, self.timeout + 1.0)
+            # The busy timeout should fire first; this bounds a thread stuck in
+            # I/O. Not wait_for: on 3.11 it can swallow a cancellation that
+            # arrives as the work completes, and stop() would wait forever.
+            async with asyncio.timeout(self.timeout + 1.0):
+                return await loop.run_in_executor(self._executor, fn, *args)
         except sqlite3.Error as exc:
             raise ResolverUnavailable(f"registry {self.path}: {exc}") from exc
         except TimeoutError:
@@ -239,12 +248,12 @@ class SqliteRegistry:
             self._close()
         conn = sqlite3.connect(
             self.path,
-            timeout=0,
+            timeout=self.timeout,
             isolation_level=None,
             uri=self.path.startswith("file:"),
         )
         try:
-            conn.execute("PRAGMA journal_mode = WAL")
+            self._use_wal(conn)
             # Registrations are rebuilt by the next heartbeat; no fsync per write.
             conn.execute("PRAGMA synchronous = NORMAL")
             for statement in _SCHEMA:
@@ -255,6 +264,21 @@ class SqliteRegistry:
         self._conn = conn
         self._identity = self._file_identity()
         return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        # Switching a new file to WAL takes an exclusive lock without going
+        # through the busy handler: a second sidecar opening the same new file
+        # at that moment gets SQLITE_BUSY at once. Wait for it here instead.
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.005)
 
     def _with_connection(self, work: Callable[[sqlite3.Connection], T]) -> T:
         try:

@@ -67,11 +67,13 @@ class RemoteApp:
     def started(self, address: Address) -> None:
         self._balancer.started(address)
 
-    def finished(self, address: Address, ok: bool) -> None:
+    def finished(self, address: Address, ok: bool | None) -> None:
+        """One attempt at `address` is over: it answered (True), failed (False),
+        or was abandoned by the client (None: says nothing about the sidecar)."""
         self._balancer.finished(address)
-        if ok:
+        if ok is True:
             self._balancer.succeeded(address)
-        else:
+        elif ok is False:
             self._balancer.failed(address)
 
 
