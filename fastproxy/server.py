@@ -125,8 +125,9 @@ class Sidecar:
         try:
             await registry.register(self.config.app_id, self.config.namespace, address)
         except DiscoveryError as exc:
-            log.warning("could not register in %s: %s", registry.path, exc)
-            return
+            log.warning(
+                "could not register in %s yet (the heartbeat retries): %s", registry.path, exc
+            )
         registry.start()
 
     def _tick(self) -> None:

@@ -59,8 +59,12 @@ def build_name_resolution(
     registry = None
     try:
         if component == "sqlite":
+            try:
+                path = str(settings.get("connectionString") or default_registry_path())
+            except OSError as exc:
+                raise ConfigError(f"the default registry file cannot be created: {exc}") from None
             registry = SqliteRegistry(
-                str(settings.get("connectionString") or default_registry_path()),
+                path,
                 update_interval=_seconds(settings, "updateInterval", 5.0),
                 timeout=_seconds(settings, "timeout", 1.0),
             )

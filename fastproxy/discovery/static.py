@@ -75,6 +75,9 @@ class StaticResolver:
         spelled: dict[tuple[str, str], str] = {}
         for key, values in entries.items():
             where = f"static entry {key!r}"
+            # Entries come from YAML: check the shapes the type hints promise.
+            if not isinstance(key, str):
+                raise ValueError(f"{where}: the key must be a string")
             try:
                 name = parse_key(key, default_namespace)
             except ValueError as exc:
@@ -82,7 +85,7 @@ class StaticResolver:
             if name in spelled:
                 raise ValueError(f"{where}: same app as entry {spelled[name]!r}")
             # A bare string is a Sequence[str] too: it would be read letter by letter.
-            if isinstance(values, str) or not values:
+            if isinstance(values, str) or not isinstance(values, Sequence) or not values:
                 raise ValueError(f"{where}: expected a non-empty list of 'host:port'")
             addresses: list[Address] = []
             for value in values:
