@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
 ARGS ?=
 
-.PHONY: install run test lint bench system-deps clean
+.PHONY: install run test lint bench bench-twohop system-deps clean
 
 install: $(STAMP)
 
@@ -39,6 +39,9 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py $(ARGS)
+
+bench-twohop: install
+	$(BIN)/python benchmarks/twohop.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
