@@ -259,7 +259,7 @@ class RemoteExchange(Exchange):
     and the next one tried, as long as nothing of the request was sent.
     """
 
-    __slots__ = ("_address", "_last_error", "_remote", "_resolving", "_tried")
+    __slots__ = ("_abandoned_dial", "_address", "_last_error", "_remote", "_resolving", "_tried")
 
     def __init__(
         self,
@@ -291,6 +291,7 @@ class RemoteExchange(Exchange):
         self._address: Address | None = None
         self._tried: list[Address] = []
         self._resolving: asyncio.Future[None] | None = None
+        self._abandoned_dial: Address | None = None
         self._last_error = ""
 
     def __repr__(self) -> str:
@@ -346,6 +347,10 @@ class RemoteExchange(Exchange):
 
     def connect_failed(self, reason: str) -> None:
         if self.cancelled or self.response_done:
+            # The client is gone, but the dial still says the instance is unreachable.
+            if self._abandoned_dial is not None:
+                self._remote.unreachable(self._abandoned_dial)
+                self._abandoned_dial = None
             return
         # Nothing was sent: another instance may take the request.
         if self._address is not None:
@@ -365,6 +370,8 @@ class RemoteExchange(Exchange):
     def cancel(self) -> None:
         if self._resolving is not None:
             self._resolving.cancel()
+        if self._conn is None:
+            self._abandoned_dial = self._address
         self._done_with_address(None)
         if self._pool is None:
             self.cancelled = True

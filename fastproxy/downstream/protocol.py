@@ -231,8 +231,16 @@ class DownstreamProtocol(asyncio.Protocol):
             self._reject(BadRequestError(f"malformed HTTP request: {exc}"))
 
     def eof_received(self) -> bool | None:
-        # A half-closed client may still be owed its responses.
-        if self._lingering or (self._active is None and not self._in_head):
+        # A half-closed client may still be owed the responses to requests it
+        # finished sending; a request cut off mid-head or mid-body can never
+        # complete, so the connection closes and its exchange is cancelled.
+        current = self._current
+        if (
+            self._lingering
+            or self._in_head
+            or self._active is None
+            or (current is not None and not current.request_done)
+        ):
             return None
         self._ignore_input = True
         self._closing = True

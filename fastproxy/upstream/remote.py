@@ -64,6 +64,10 @@ class RemoteApp:
         """Every sidecar failed: the next request asks the resolver again."""
         self._cache.invalidate(self.app_id, self.namespace)
 
+    def unreachable(self, address: Address) -> None:
+        """A dial to `address` failed after its request was abandoned."""
+        self._balancer.failed(address)
+
     def started(self, address: Address) -> None:
         self._balancer.started(address)
 
