@@ -546,7 +546,10 @@ class Forwarder:
         if remote_apps is None:
             raise self._no_route(invocation)
         remote = remote_apps.get(invocation.app_id, invocation.namespace)
-        qualified = f"{invocation.app_id}.{invocation.namespace}".encode()
+        # The target as the client wrote it: the callee sidecar lives in the
+        # namespace it was found in, so `b` means the same there, and its
+        # errors name the app the way the client did.
+        qualified = invocation.target.encode()
         headers[0] = b"".join(
             (
                 method,
