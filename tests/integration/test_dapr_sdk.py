@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ from dapr.conf import settings
 
 from fastproxy import Config, Sidecar
 from tests.integration.conftest import EchoApp, SidecarFactory, request
+from tests.integration.daprsdk import SettingsFactory, close_thread_loop, point_sdk_fixture  # noqa: F401
 
 pytestmark = pytest.mark.asyncio
 
@@ -43,69 +44,19 @@ def header_values(echo: dict[str, Any], name: str) -> list[str]:
     return [v for k, v in echo["headers"] if k.lower() == name.lower()]
 
 
-# -- SDK settings ------------------------------------------------------------------------------
-
-SettingsFactory = Callable[..., None]
-
-
-@pytest.fixture
-def point_sdk(monkeypatch: pytest.MonkeyPatch) -> Iterator[SettingsFactory]:
-    """Point the SDK at a port; settings are restored afterwards.
-
-    Both the environment and `dapr.conf.settings` are set: some SDK versions
-    read the environment once at import, this one reads it on every access.
-    """
-    saved = dict(vars(settings))
-
-    def configure(port: int, token: str | None = None) -> None:
-        values: dict[str, Any] = {
-            "DAPR_HTTP_PORT": port,
-            "DAPR_RUNTIME_HOST": "127.0.0.1",
-            "DAPR_HEALTH_TIMEOUT": 5,
-            "DAPR_HTTP_TIMEOUT_SECONDS": 10,
-            "DAPR_API_MAX_RETRIES": 0,
-            "DAPR_API_METHOD_INVOCATION_PROTOCOL": "http",
-            "DAPR_HTTP_ENDPOINT": None,
-            "DAPR_API_TOKEN": token,
-        }
-        for name, value in values.items():
-            if value is None:
-                monkeypatch.delenv(name, raising=False)
-            else:
-                monkeypatch.setenv(name, str(value))
-            setattr(settings, name, value)
-
-    yield configure
-    vars(settings).clear()
-    vars(settings).update(saved)
-
-
-def _close_thread_loop() -> None:
-    """Close the loop the sync client created and set for this thread (one per call)."""
-    policy = asyncio.get_event_loop_policy()
-    try:
-        loop = policy.get_event_loop()
-    except RuntimeError:
-        return
-    if not loop.is_closed():
-        loop.run_until_complete(asyncio.sleep(0.01))
-        loop.close()
-    policy.set_event_loop(None)
-
-
 def sdk_invoke(client: DaprClient, *args: Any, **kwargs: Any) -> Any:
     """`client.invoke_method` without leaking the event loop it makes for itself."""
     try:
         return client.invoke_method(*args, **kwargs)
     finally:
-        _close_thread_loop()
+        close_thread_loop()
 
 
 def _in_worker(fn: Callable[[], T]) -> T:
     try:
         return fn()
     finally:
-        _close_thread_loop()
+        close_thread_loop()
 
 
 async def in_thread(fn: Callable[[], T]) -> T:

@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 import pytest
 from dapr.clients import DaprClient
 from dapr.clients.exceptions import DaprHttpError
-from dapr.conf import settings
 
 from tests.integration.conftest import Response, request
+from tests.integration.daprsdk import SettingsFactory, close_thread_loop, point_sdk_fixture  # noqa: F401
 from tests.integration.test_two_hop import (
     INSTANCE_HEADER,
     EchoFactory,
@@ -272,53 +272,12 @@ async def test_both_b_killed_is_500_could_be_reached(mesh: Mesh) -> None:
 # -- the dapr Python SDK against A's port -------------------------------------------------------
 
 
-@pytest.fixture
-def point_sdk(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], None]]:
-    """Point the SDK at a port (environment and `dapr.conf.settings`); restored afterwards."""
-    saved = dict(vars(settings))
-
-    def configure(port: int) -> None:
-        values: dict[str, Any] = {
-            "DAPR_HTTP_PORT": port,
-            "DAPR_RUNTIME_HOST": "127.0.0.1",
-            "DAPR_HEALTH_TIMEOUT": 5,
-            "DAPR_HTTP_TIMEOUT_SECONDS": 10,
-            "DAPR_API_MAX_RETRIES": 0,
-            "DAPR_API_METHOD_INVOCATION_PROTOCOL": "http",
-            "DAPR_HTTP_ENDPOINT": None,
-            "DAPR_API_TOKEN": None,
-        }
-        for name, value in values.items():
-            if value is None:
-                monkeypatch.delenv(name, raising=False)
-            else:
-                monkeypatch.setenv(name, str(value))
-            setattr(settings, name, value)
-
-    yield configure
-    vars(settings).clear()
-    vars(settings).update(saved)
-
-
-def _close_thread_loop() -> None:
-    """The sync client makes an event loop for its thread on each call: close it."""
-    policy = asyncio.get_event_loop_policy()
-    try:
-        loop = policy.get_event_loop()
-    except RuntimeError:
-        return
-    if not loop.is_closed():
-        loop.run_until_complete(asyncio.sleep(0.01))
-        loop.close()
-    policy.set_event_loop(None)
-
-
 async def in_thread(fn: Callable[[], T]) -> T:
     def run() -> T:
         try:
             return fn()
         finally:
-            _close_thread_loop()
+            close_thread_loop()
 
     async with asyncio.timeout(SDK_CALL_TIMEOUT):
         return await asyncio.to_thread(run)
@@ -343,7 +302,7 @@ async def test_dapr_sdk_invokes_b_through_a_process(
                     )
                 )
             finally:
-                _close_thread_loop()
+                close_thread_loop()
             try:
                 results.append(
                     client.invoke_method(
@@ -355,7 +314,7 @@ async def test_dapr_sdk_invokes_b_through_a_process(
                     )
                 )
             finally:
-                _close_thread_loop()
+                close_thread_loop()
         return results
 
     got, posted = await in_thread(calls)
@@ -387,7 +346,7 @@ async def test_dapr_sdk_unknown_app_through_a_process_is_err_direct_invoke(
             except DaprHttpError as exc:
                 return exc
             finally:
-                _close_thread_loop()
+                close_thread_loop()
 
     outcome = await in_thread(call)
     assert isinstance(outcome, DaprHttpError), outcome
