@@ -53,6 +53,7 @@ from benchmarks.report import (  # noqa: E402
     Measurement,
 )
 from benchmarks.wrkparse import WrkParseError, WrkResult, parse_wrk_output  # noqa: E402
+from fastproxy import build  # noqa: E402
 
 APP_ID = "bench"
 INVOKE_PREFIX = f"/v1.0/invoke/{APP_ID}/method"
@@ -647,6 +648,7 @@ def machine_info(wrk: str, nginx: str) -> dict[str, Any]:
         "uvloop": version("uvloop"),
         "httptools": version("httptools"),
         "fastproxy": version("fastproxy"),
+        "fastproxy_build": build.describe(),
         "nginx": _cmd_output([nginx, "-v"]),
         "wrk": _cmd_output([wrk, "-v"]).splitlines()[0],
         "clk_tck": clock_ticks_per_second(),
@@ -680,6 +682,7 @@ def render_markdown(doc: dict[str, Any], measurements: Sequence[Measurement]) ->
         f"{' (dirty)' if g['dirty'] else ''}{' (+untracked files)' if g['untracked'] else ''}",
         f"- machine: {mach['nproc']} CPUs, {mach['cpu_model']}, kernel {mach['kernel']}",
         f"- python {mach['python']}, uvloop {mach['uvloop']}, httptools {mach['httptools']}",
+        f"- fastproxy build: {mach.get('fastproxy_build', 'not recorded')}",
         f"- {mach['nginx']}; {mach['wrk']}",
         f"- wrk -t1 --latency, {par['duration_s']:g} s per run after {par['warmup_s']:g} s "
         f"warm-up; pinning: {'wrk CPU 1, proxies and upstream CPU 0' if par['pin'] else 'none'}",
@@ -747,6 +750,8 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     machine = machine_info(wrk, nginx)
+    for source in build.stale_extensions():
+        print(f"warning: {source} changed after it was compiled", file=sys.stderr)
     bench = Bench(args, wrk, nginx)
     measurements: list[Measurement] = []
     target_errors: dict[str, str] = {}

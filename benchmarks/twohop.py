@@ -603,6 +603,7 @@ def render_markdown(doc: dict[str, Any], runs: Sequence[RunFigures], cmp: DaprCo
         f"- machine: {mach['nproc']} CPUs, {mach['cpu_model']}, kernel {mach['kernel']}",
         f"- python {mach['python']}, uvloop {mach['uvloop']}, httptools {mach['httptools']}; "
         f"{mach['nginx']}",
+        f"- fastproxy build: {mach.get('fastproxy_build', 'not recorded')}",
         f"- loadgen: open loop, {par['rate']:g} rps, {par['connections']} connections, "
         f"{par['duration_s']:g} s per run after {par['warmup_s']:g} s warm-up; "
         f"GET of the {nginx_conf.SIZES[SIZE]} B `/{SIZE}` body",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final
 
 from fastproxy.config.model import HTTPEndpoint
 from fastproxy.discovery.model import Address, ResolverUnavailable, ServiceNotFound
@@ -26,19 +26,23 @@ from fastproxy.wire import CHUNKED, COLON_SP, CRLF, LAST_CHUNK, Clock
 if TYPE_CHECKING:
     from fastproxy.downstream.protocol import DownstreamProtocol
 
-_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+_IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 # Request bytes kept for one replay on a fresh connection when a reused
 # keep-alive connection turns out to have been closed by the upstream.
-REPLAY_LIMIT = 64 * 1024
+REPLAY_LIMIT: Final = 64 * 1024
 # Body bytes buffered while no upstream connection is attached yet.
-PENDING_HIGH_WATER = 64 * 1024
-MAX_URL_POOLS = 256
-_APP = TargetKind.APP
-_ENDPOINT = TargetKind.ENDPOINT
+PENDING_HIGH_WATER: Final = 64 * 1024
+MAX_URL_POOLS: Final = 256
+_APP: Final = TargetKind.APP
+_ENDPOINT: Final = TargetKind.ENDPOINT
 
 
 class Exchange:
     """One forwarded request: client body → upstream, upstream response → client."""
+
+    # Set from the start for a call to a known upstream; a `RemoteExchange` sets
+    # it only once it has picked an instance.
+    _pool: Pool
 
     __slots__ = (
         "_body_received",
@@ -67,7 +71,7 @@ class Exchange:
     def __init__(
         self,
         downstream: DownstreamProtocol,
-        pool: Pool,
+        pool: Pool | None,
         head: bytes,
         target: str,
         chunked_in: bool,
@@ -80,7 +84,8 @@ class Exchange:
         self._downstream = downstream
         assert downstream.transport is not None
         self.client: asyncio.Transport = downstream.transport
-        self._pool = pool
+        if pool is not None:
+            self._pool = pool
         self._head = head
         self._target = target
         self._chunked_in = chunked_in
@@ -259,7 +264,15 @@ class RemoteExchange(Exchange):
     and the next one tried, as long as nothing of the request was sent.
     """
 
-    __slots__ = ("_abandoned_dial", "_address", "_last_error", "_remote", "_resolving", "_tried")
+    __slots__ = (
+        "_abandoned_dial",
+        "_address",
+        "_chosen",
+        "_last_error",
+        "_remote",
+        "_resolving",
+        "_tried",
+    )
 
     def __init__(
         self,
@@ -277,7 +290,7 @@ class RemoteExchange(Exchange):
         # The pool is only known once a sidecar is picked (see _choose).
         super().__init__(
             downstream,
-            cast(Pool, None),
+            None,
             head,
             target,
             chunked_in,
@@ -292,6 +305,7 @@ class RemoteExchange(Exchange):
         self._tried: list[Address] = []
         self._resolving: asyncio.Future[None] | None = None
         self._abandoned_dial: Address | None = None
+        self._chosen = False
         self._last_error = ""
 
     def __repr__(self) -> str:
@@ -323,6 +337,7 @@ class RemoteExchange(Exchange):
             return
         self._address = address
         self._pool = self._remote.pool(address)
+        self._chosen = True
         self._remote.started(address)
         conn = self._pool.acquire(self)
         if conn is not None:
@@ -373,7 +388,7 @@ class RemoteExchange(Exchange):
         if self._conn is None:
             self._abandoned_dial = self._address
         self._done_with_address(None)
-        if self._pool is None:
+        if not self._chosen:
             self.cancelled = True
             return
         super().cancel()

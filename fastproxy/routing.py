@@ -12,13 +12,14 @@ import enum
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import unquote_plus
 
 from fastproxy.errors import InvokeError, NoTargetError
 from fastproxy.methodpath import normalize_method
 
 NO_APP_ID = "failed getting app id either from the URL path or the header dapr-app-id"
-INVOKE_PREFIX = b"/v1.0/invoke/"
+INVOKE_PREFIX: Final = b"/v1.0/invoke/"
 _LOOSE_INVOKE_PREFIX = re.compile(rb"^/+v1\.0/+invoke/+")
 _APP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*(\.[A-Za-z0-9][A-Za-z0-9_\-]*)?$")
 
@@ -38,12 +39,12 @@ class LocalRoute(enum.IntEnum):
     METADATA_PUT = 3
 
 
-LOCAL_ROUTES: dict[tuple[bytes, bytes], LocalRoute] = {
+LOCAL_ROUTES: Final[dict[tuple[bytes, bytes], LocalRoute]] = {
     (b"GET", b"/v1.0/healthz"): LocalRoute.HEALTHZ,
     (b"GET", b"/v1.0/healthz/outbound"): LocalRoute.HEALTHZ_OUTBOUND,
     (b"GET", b"/v1.0/metadata"): LocalRoute.METADATA,
 }
-_METADATA_KEY_PREFIX = b"/v1.0/metadata/"
+_METADATA_KEY_PREFIX: Final = b"/v1.0/metadata/"
 
 
 def local_route(method: bytes, path: bytes) -> LocalRoute | None:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+from fastproxy import build
 from fastproxy.config import Config, Resources, load_resources
 from fastproxy.context import SidecarContext
 from fastproxy.discovery.model import Address, DiscoveryError
@@ -79,13 +80,14 @@ class Sidecar:
             else "no app channel"
         )
         log.info(
-            "fastproxy %s listening on %s port %d, internal port %d (%s; name resolution %s)",
+            "fastproxy %s listening on %s port %d, internal port %d (%s; name resolution %s; %s)",
             config.app_id,
             ",".join(config.listen_addresses),
             self.http_port,
             self.internal_port,
             channel,
             self.context.name_resolution.component,
+            build.describe(),
         )
 
     async def _bind(self) -> None:
@@ -272,6 +274,8 @@ def install_uvloop() -> None:
 def run(config: Config) -> int:
     """Blocking entry point of `fastproxy run`."""
     setup_logging(config.log_level, config.log_as_json)
+    for source in build.stale_extensions():
+        log.warning("%s changed after it was compiled; the old build runs (make install)", source)
     install_uvloop()
     try:
         return asyncio.run(serve(config))

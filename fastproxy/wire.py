@@ -10,24 +10,25 @@ import json
 import time
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import Final
 
 from fastproxy.errors import ProxyError, UnauthorizedError
 
-CRLF = b"\r\n"
-COLON_SP = b": "
-HTTP11 = b" HTTP/1.1\r\n"
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
-LAST_CHUNK = b"0\r\n\r\n"
-CONNECTION_CLOSE = b"Connection: close\r\n"
-CONNECTION_KEEP_ALIVE = b"Connection: keep-alive\r\n"
-CHUNKED = b"Transfer-Encoding: chunked\r\n"
+CRLF: Final = b"\r\n"
+COLON_SP: Final = b": "
+HTTP11: Final = b" HTTP/1.1\r\n"
+CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
+CONNECTION_CLOSE: Final = b"Connection: close\r\n"
+CONNECTION_KEEP_ALIVE: Final = b"Connection: keep-alive\r\n"
+CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
 
-STATUS_LINES: dict[int, bytes] = {
+STATUS_LINES: Final[dict[int, bytes]] = {
     int(s): b"HTTP/1.1 %d %s\r\n" % (int(s), s.phrase.encode("latin-1")) for s in HTTPStatus
 }
 
 # Request headers that never cross the proxy (RFC 9110 §7.6.1 and daprd's list).
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",

@@ -8,6 +8,16 @@ from collections.abc import Callable, Mapping
 import pytest
 import uvloop
 
+from fastproxy import build
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test an old compiled build of sources that have since changed."""
+    stale = build.stale_extensions()
+    if stale:
+        names = ", ".join(str(path.relative_to(build.PACKAGE_DIR.parent)) for path in stale)
+        pytest.exit(f"compiled modules are older than {names}: run `make install`", returncode=3)
+
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item

@@ -6,18 +6,20 @@ keyed by exact spelling first and by lower-cased name second.
 
 from __future__ import annotations
 
-# Header kinds that need more than copying (see on_header).
-HOST = 1
-CONTENT_LENGTH = 2
-TRANSFER_ENCODING = 3
-CONNECTION = 4
-DROP = 5
-EXPECT = 6
-APP_ID = 7
-API_TOKEN = 8
-AUTHORIZATION = 9
+from typing import Final
 
-SPECIAL_HEADERS: dict[bytes, int] = {
+# Header kinds that need more than copying (see on_header).
+HOST: Final = 1
+CONTENT_LENGTH: Final = 2
+TRANSFER_ENCODING: Final = 3
+CONNECTION: Final = 4
+DROP: Final = 5
+EXPECT: Final = 6
+APP_ID: Final = 7
+API_TOKEN: Final = 8
+AUTHORIZATION: Final = 9
+
+SPECIAL_HEADERS: Final[dict[bytes, int]] = {
     b"host": HOST,
     b"content-length": CONTENT_LENGTH,
     b"transfer-encoding": TRANSFER_ENCODING,
@@ -40,8 +42,8 @@ SPECIAL_HEADERS: dict[bytes, int] = {
 }
 # Exact spellings looked up before lower-casing a name: the special names in
 # their usual cases, and common plain headers.
-PLAIN = 0
-EXACT_HEADERS: dict[bytes, int] = {
+PLAIN: Final = 0
+EXACT_HEADERS: Final[dict[bytes, int]] = {
     **{name.title(): kind for name, kind in SPECIAL_HEADERS.items()},
     **SPECIAL_HEADERS,
     **dict.fromkeys(
@@ -66,19 +68,19 @@ EXACT_HEADERS: dict[bytes, int] = {
 }
 # On the internal listener the caller headers are the calling sidecar's word: kept.
 _SET_BY_CALLER = (b"dapr-caller-app-id", b"dapr-caller-namespace")
-SPECIAL_HEADERS_DELIVERED: dict[bytes, int] = {
+SPECIAL_HEADERS_DELIVERED: Final[dict[bytes, int]] = {
     name: kind for name, kind in SPECIAL_HEADERS.items() if name not in _SET_BY_CALLER
 }
-EXACT_HEADERS_DELIVERED: dict[bytes, int] = {
+EXACT_HEADERS_DELIVERED: Final[dict[bytes, int]] = {
     **EXACT_HEADERS,
     **{name: PLAIN for name in _SET_BY_CALLER},
     **{name.title(): PLAIN for name in _SET_BY_CALLER},
 }
 # Fields a client may not ask us to drop with `Connection`: the ones that
 # frame or route the request, or that the sidecar itself sets.
-UNNAMEABLE = frozenset({b"host", b"content-length", b"transfer-encoding", b"forwarded"})
+UNNAMEABLE: Final = frozenset({b"host", b"content-length", b"transfer-encoding", b"forwarded"})
 # Names some servers would read as a framing or routing header once `_` becomes `-`.
-DISGUISABLE = frozenset(
+DISGUISABLE: Final = frozenset(
     name.replace(b"-", b"_") for name, kind in SPECIAL_HEADERS.items() if kind != AUTHORIZATION
 )
 

@@ -13,7 +13,7 @@ import asyncio
 import hmac
 import time
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from httptools import (
     HttpParserCallbackError,
@@ -58,18 +58,18 @@ if TYPE_CHECKING:
     from fastproxy.context import SidecarContext
 
 # Why reading from the client is paused (ReadGate reasons).
-PIPELINED = 1
-UPSTREAM_BUSY = 2
-BROKEN = 4
+PIPELINED: Final = 1
+UPSTREAM_BUSY: Final = 2
+BROKEN: Final = 4
 
 # Client response data buffered before the upstream side is paused.
-WRITE_HIGH_WATER = 64 * 1024
+WRITE_HIGH_WATER: Final = 64 * 1024
 # Head bytes tolerated past the read buffer size (one socket read's worth).
-HEAD_SLACK = 256 * 1024
+HEAD_SLACK: Final = 256 * 1024
 # Chunk-size and extension bytes tolerated beyond 64 per chunk.
-CHUNK_FRAMING_SLACK = 256 * 1024
+CHUNK_FRAMING_SLACK: Final = 256 * 1024
 # How long a refused client may keep sending before its connection is cut.
-LINGER_SECONDS = 2.0
+LINGER_SECONDS: Final = 2.0
 
 
 class DownstreamProtocol(asyncio.Protocol):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpResponseParser
 
@@ -30,12 +30,12 @@ if TYPE_CHECKING:
 
 # How each response header is treated. Hop-by-hop fields are dropped; the
 # framing fields are noted (Content-Length is still passed through as sent).
-_PLAIN = 0
-_DROP = 1
-_CONTENT_LENGTH = 2
-_TRANSFER_ENCODING = 3
-_CONNECTION = 4
-_RESPONSE_KINDS_LOWER: dict[bytes, int] = {
+_PLAIN: Final = 0
+_DROP: Final = 1
+_CONTENT_LENGTH: Final = 2
+_TRANSFER_ENCODING: Final = 3
+_CONNECTION: Final = 4
+_RESPONSE_KINDS_LOWER: Final[dict[bytes, int]] = {
     b"connection": _CONNECTION,
     b"keep-alive": _DROP,
     b"proxy-connection": _DROP,
@@ -50,7 +50,7 @@ _RESPONSE_KINDS_LOWER: dict[bytes, int] = {
     b"dapr-app-id": _DROP,
 }
 # Exact spellings seen from common servers, looked up before lower-casing a name.
-_RESPONSE_KINDS_EXACT: dict[bytes, int] = {
+_RESPONSE_KINDS_EXACT: Final[dict[bytes, int]] = {
     **{name.title(): kind for name, kind in _RESPONSE_KINDS_LOWER.items()},
     **_RESPONSE_KINDS_LOWER,
     **dict.fromkeys(
@@ -71,14 +71,14 @@ _RESPONSE_KINDS_EXACT: dict[bytes, int] = {
     ),
 }
 # Connection header values that name no other header, in the spellings servers use.
-_PLAIN_CONNECTION_VALUES = frozenset(
+_PLAIN_CONNECTION_VALUES: Final = frozenset(
     {b"keep-alive", b"close", b"Keep-Alive", b"Close", b"keep-Alive", b"KEEP-ALIVE", b"CLOSE"}
 )
-_HEAD_END = b"\r\n\r\n"
+_HEAD_END: Final = b"\r\n\r\n"
 # The most response-head bytes read before the head must have ended.
-MAX_RESPONSE_HEAD = 1024 * 1024
+MAX_RESPONSE_HEAD: Final = 1024 * 1024
 # Request data buffered towards the upstream before reading from the client pauses.
-WRITE_HIGH_WATER = 64 * 1024
+WRITE_HIGH_WATER: Final = 64 * 1024
 
 
 class ConnectionState(enum.Enum):
@@ -89,10 +89,10 @@ class ConnectionState(enum.Enum):
 
 
 # Module-level aliases: reading an enum member through its class costs a lookup per use.
-CONNECTING = ConnectionState.CONNECTING
-IDLE = ConnectionState.IDLE
-ACTIVE = ConnectionState.ACTIVE
-CLOSED = ConnectionState.CLOSED
+CONNECTING: Final = ConnectionState.CONNECTING
+IDLE: Final = ConnectionState.IDLE
+ACTIVE: Final = ConnectionState.ACTIVE
+CLOSED: Final = ConnectionState.CLOSED
 
 
 class Client(Protocol):
