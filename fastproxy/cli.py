@@ -2,6 +2,7 @@
 
 `build_config` is pure (argv and environ in, `Config` out) so every flag can be
 tested without a process, and the CLI and the library can never drift apart.
+`fastproxy certs` writes development mTLS certificates and runs no sidecar.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import ipaddress
 import math
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastproxy.config import Config, ConfigError, parse_quantity
@@ -29,6 +33,13 @@ _LOG_LEVELS = ("debug", "info", "warn", "error")
 _MAX_PORT = 65535
 # Imported only when chosen, so `--help` and flag errors stay fast and independent.
 _RUNNERS = {"run": ("fastproxy.server", "run"), "demo": ("fastproxy.demo", "run_demo")}
+_CERTS_MODULE = "fastproxy.security.certs"
+# (Config field, flag, environment variable) of the mTLS material: all three or none.
+_MTLS_MATERIAL = (
+    ("trust_anchors", "--trust-anchors", "DAPR_TRUST_ANCHORS"),
+    ("cert_chain", "--cert-chain", "DAPR_CERT_CHAIN"),
+    ("cert_key", "--cert-key", "DAPR_CERT_KEY"),
+)
 
 
 # --- value parsers (shared by flags and environment variables) ---------------
@@ -49,6 +60,23 @@ def _app_id(text: str) -> str:
             f"invalid app id {text!r}: must be non-empty, without dots, '/' or whitespace"
         )
     return text
+
+
+def _app_ids(text: str) -> list[str]:
+    """`a,b` or `a`: `--app-id` of `certs` may be repeated, comma-separated, or both."""
+    return [_app_id(item.strip()) for item in text.split(",")]
+
+
+def _pem_or_path(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be PEM text or a file path, not empty")
+    return text
+
+
+def _days(text: str) -> int:
+    if not _DIGITS.fullmatch(text.strip()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid days {text!r}: must be a whole number >= 1")
+    return int(text)
 
 
 def _quantity(text: str) -> int:
@@ -246,6 +274,83 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
         help="give up on a client that has not sent a full request head in this time "
         f"(fastproxy only; default: {_DEFAULTS.header_timeout:g})",
     )
+    add(
+        "--enable-mtls",
+        dest="enable_mtls",
+        action="store_true",
+        default=None,
+        help="refuse to start without the three mTLS settings below; mTLS between sidecars "
+        "is on whenever all three are given ('fastproxy certs' makes a development set)",
+    )
+    add(
+        "--trust-anchors",
+        dest="trust_anchors",
+        type=_pem_or_path,
+        metavar="PEM|FILE",
+        help="CA certificates that peer sidecars' certificates must chain to: PEM text "
+        "or a file, re-read when it changes (env DAPR_TRUST_ANCHORS)",
+    )
+    add(
+        "--cert-chain",
+        dest="cert_chain",
+        type=_pem_or_path,
+        metavar="PEM|FILE",
+        help="this sidecar's certificate, then any intermediates: PEM text or a file, "
+        "re-read when it changes; its URI SAN spiffe://<trust-domain>/ns/<namespace>/<app-id> "
+        "is the identity peers see (env DAPR_CERT_CHAIN)",
+    )
+    add(
+        "--cert-key",
+        dest="cert_key",
+        type=_pem_or_path,
+        metavar="PEM|FILE",
+        help="the private key of --cert-chain: PEM text or a file, re-read when it changes "
+        "(env DAPR_CERT_KEY)",
+    )
+
+
+def _add_certs_flags(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add(
+        "--out",
+        dest="out",
+        required=True,
+        metavar="DIR",
+        help="folder for ca.pem, ca.key and <app>.pem, <app>.key (created if missing); "
+        "a CA already there is reused, so apps can be added later",
+    )
+    add(
+        "--app-id",
+        dest="app_ids",
+        action="extend",
+        type=_app_ids,
+        required=True,
+        metavar="ID[,ID...]",
+        help="app to issue a certificate for; repeatable or comma-separated",
+    )
+    add(
+        "--namespace",
+        dest="namespace",
+        default="default",
+        metavar="NS",
+        help="namespace in the certificates' SPIFFE ids; run the sidecars with the same "
+        "NAMESPACE (default: default)",
+    )
+    add(
+        "--trust-domain",
+        dest="trust_domain",
+        default="public",
+        metavar="DOMAIN",
+        help="trust domain in the SPIFFE ids (default: public)",
+    )
+    add(
+        "--days",
+        dest="days",
+        type=_days,
+        default=365,
+        metavar="DAYS",
+        help="validity of a new CA and of each certificate (default: 365)",
+    )
 
 
 def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -273,7 +378,17 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
             help="run the sidecar with a built-in demo app",
             description="Run the sidecar with a built-in demo app; takes the same flags as run.",
         ),
+        "certs": sub.add_parser(
+            "certs",
+            allow_abbrev=False,
+            help="create a development CA and per-app certificates for mTLS",
+            description="Create a development CA (or reuse the one in --out) and a "
+            "certificate per app whose URI SAN is spiffe://<trust-domain>/ns/<namespace>/<app>, "
+            "then print the environment that turns mTLS on for each sidecar. <app>.pem holds "
+            "the app's certificate only: every sidecar already trusts ca.pem.",
+        ),
     }
+    _add_certs_flags(commands["certs"])
     parser.epilog = "run and demo take these flags:\n\n" + commands["run"].format_help()
     return parser, commands
 
@@ -285,6 +400,9 @@ _ENV_FLAGS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("APP_ID", "app_id", _app_id),
     ("APP_PORT", "app_port", _port),
     ("DAPR_HTTP_PORT", "http_port", _port),
+    ("DAPR_TRUST_ANCHORS", "trust_anchors", _pem_or_path),
+    ("DAPR_CERT_CHAIN", "cert_chain", _pem_or_path),
+    ("DAPR_CERT_KEY", "cert_key", _pem_or_path),
 )
 _ENV_ONLY = (
     ("DAPR_API_TOKEN", "api_token"),
@@ -304,20 +422,46 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class CertsOptions:
+    """What `fastproxy certs` was asked for."""
+
+    out: str
+    app_ids: tuple[str, ...]
+    namespace: str = "default"
+    trust_domain: str = "public"
+    days: int = 365
+
+
 def build_config(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str, Config]:
     """Parse `argv` (without the program name) and `environ` into (command, Config).
 
-    Bad input exits through argparse (status 2) with the flag or variable named.
+    Bad input exits through argparse (status 2) with the flag or variable named;
+    so does `certs`, which runs no sidecar (see `parse_command`).
     """
+    command, options = parse_command(argv, environ)
+    if not isinstance(options, Config):
+        _build_parser()[1][command].error("this command builds no sidecar Config")
+    return command, options
+
+
+def parse_command(
+    argv: Sequence[str], environ: Mapping[str, str]
+) -> tuple[str, Config | CertsOptions]:
+    """Like `build_config`, but also accepts `certs` (which reads no environment)."""
     parser, commands = _build_parser()
     namespace = parser.parse_args(normalize_argv(argv))
     command: str = namespace.command
     settings = {k: v for k, v in vars(namespace).items() if k != "command" and v is not None}
+    if command == "certs":
+        settings["app_ids"] = tuple(dict.fromkeys(settings["app_ids"]))
+        return command, CertsOptions(**settings)
     try:
         _apply_environ(settings, environ)
     except argparse.ArgumentTypeError as exc:
         commands[command].error(str(exc))
     _apply_command_defaults(command, settings, commands[command])
+    _check_mtls(settings, commands[command])
     if "resources_paths" in settings:
         settings["resources_paths"] = tuple(settings["resources_paths"])
     return command, Config(**settings)
@@ -347,22 +491,70 @@ def _apply_command_defaults(
         parser.error("--app-id is required (or set APP_ID)")
 
 
+def _check_mtls(settings: dict[str, Any], parser: argparse.ArgumentParser) -> None:
+    """All three mTLS settings or none; `--enable-mtls` insists on all three."""
+    missing = [f"{flag} (or {env})" for field, flag, env in _MTLS_MATERIAL if field not in settings]
+    if not missing:
+        return
+    if len(missing) < len(_MTLS_MATERIAL):
+        parser.error(
+            "mTLS needs --trust-anchors, --cert-chain and --cert-key together; "
+            f"missing: {', '.join(missing)}"
+        )
+    if settings.get("enable_mtls"):
+        parser.error(
+            f"--enable-mtls needs the mTLS material; missing: {', '.join(missing)} "
+            "('fastproxy certs' creates a development set)"
+        )
+
+
 # --- entry point ---------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the process exit status."""
     try:
-        command, config = build_config(sys.argv[1:] if argv is None else argv, os.environ)
+        command, options = parse_command(sys.argv[1:] if argv is None else argv, os.environ)
     except SystemExit as exc:
         return _exit_status(exc)
-    module_name, attribute = _RUNNERS[command]
     try:
+        if isinstance(options, CertsOptions):
+            return _run_certs(options)
+        module_name, attribute = _RUNNERS[command]
         runner = getattr(importlib.import_module(module_name), attribute)
-        return int(runner(config))
+        return int(runner(options))
     except ConfigError as exc:
         print(f"fastproxy: {exc}", file=sys.stderr)
         return 1
+
+
+def _run_certs(options: CertsOptions) -> int:
+    """Write the bundle, then print the environment each sidecar runs with."""
+    certs = importlib.import_module(_CERTS_MODULE)
+    out = Path(options.out)
+    written = certs.write_bundle(
+        out, options.app_ids, options.namespace, options.trust_domain, options.days
+    )
+    ca_cert, ca_key = out / certs.CA_CERT, out / certs.CA_KEY
+    if ca_cert in written:
+        print(f"created a development CA for trust domain {options.trust_domain}: {ca_cert}")
+    else:
+        print(f"reused the CA in {ca_cert}")
+    print(f"keep {ca_key} private: it can issue certificates every sidecar trusts")
+    prefix = f"spiffe://{options.trust_domain}/ns/{options.namespace}"
+    for app in options.app_ids:
+        print(f"issued {out / app}.pem and {out / app}.key for {prefix}/{app}")
+    print("\nrun each sidecar with its certificate:")
+    for app in options.app_ids:
+        env = [
+            f"DAPR_TRUST_ANCHORS={shlex.quote(str(ca_cert))}",
+            f"DAPR_CERT_CHAIN={shlex.quote(str(out / f'{app}.pem'))}",
+            f"DAPR_CERT_KEY={shlex.quote(str(out / f'{app}.key'))}",
+        ]
+        if options.namespace != "default":
+            env.insert(0, f"NAMESPACE={shlex.quote(options.namespace)}")
+        print(f"  {' '.join(env)} fastproxy run --enable-mtls --app-id {app} ...")
+    return 0
 
 
 def _exit_status(exc: SystemExit) -> int:

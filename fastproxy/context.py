@@ -6,6 +6,7 @@ Built once at start; connections read it, never rebuild it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from typing import TYPE_CHECKING
@@ -15,7 +16,9 @@ from fastproxy.discovery.cache import ResolverCache
 from fastproxy.discovery.factory import build_name_resolution
 from fastproxy.forwarder import Forwarder
 from fastproxy.local import Metadata, local_reply, metadata_document
+from fastproxy.policy.acl import AccessControl, parse_access_control
 from fastproxy.routing import LocalRoute, Router
+from fastproxy.security.tls import MtlsContexts, MtlsSource
 from fastproxy.upstream.endpoint import Endpoint
 from fastproxy.upstream.pool import Pool, PoolLimits
 from fastproxy.upstream.remote import PeerPools, RemoteApps
@@ -28,6 +31,9 @@ if TYPE_CHECKING:
 
 class SidecarContext:
     __slots__ = (
+        "_tls_error",
+        "access_control",
+        "acl_denials",
         "api_token",
         "clock",
         "config",
@@ -36,6 +42,7 @@ class SidecarContext:
         "forwarder",
         "max_header_count",
         "metadata",
+        "mtls",
         "name_resolution",
         "peer_pools",
         "resolver_cache",
@@ -71,7 +78,18 @@ class SidecarContext:
             min_ttl=self.name_resolution.min_ttl,
             max_ttl=self.name_resolution.max_ttl,
         )
-        self.peer_pools = PeerPools(lambda endpoint: Pool(endpoint, limits, clock))
+        # Who may call this app through the internal listener, and how callers prove it.
+        self.access_control: AccessControl | None = parse_access_control(
+            resources.configuration.get("accessControl")
+        )
+        self.acl_denials = 0
+        source = MtlsSource.from_config(config)
+        self.mtls = MtlsContexts(source) if source is not None else None
+        self._tls_error: str | None = None
+        self.peer_pools = PeerPools(
+            lambda endpoint: Pool(endpoint, limits, clock),
+            self.mtls.client_context() if self.mtls is not None else None,
+        )
         self.forwarder = Forwarder(
             config.app_id,
             config.namespace,
@@ -88,6 +106,7 @@ class SidecarContext:
                 config.app_id, config.app_port, config.app_channel_address, list(endpoints)
             )
         )
+        self._describe_security()
 
     def local_reply(
         self,
@@ -99,6 +118,38 @@ class SidecarContext:
         expect_continue: bool = False,
     ) -> LocalReply:
         return local_reply(self, conn, route, query, path, keep_alive, expect_continue)
+
+    def _describe_security(self) -> None:
+        mtls: dict[str, object] = {"enabled": self.mtls is not None}
+        if self.mtls is not None and self.mtls.identity is not None:
+            mtls["identity"] = str(self.mtls.identity)
+        self.metadata.set_section("mtls", mtls)
+        acl: dict[str, object] = {"enabled": self.access_control is not None}
+        if self.access_control is not None:
+            acl.update(self.access_control.summary())
+        acl["denied"] = self.acl_denials
+        self.metadata.set_section("accessControl", acl)
+
+    def record_denial(self) -> None:
+        """An ACL refused a call: counted, and shown in the metadata document."""
+        self.acl_denials += 1
+        self._describe_security()
+
+    def reload_certificates(self) -> tuple[int, str] | None:
+        """Re-read the mTLS files if they changed; (log level, line) when something happened."""
+        mtls = self.mtls
+        if mtls is None:
+            return None
+        if mtls.reload_if_changed():
+            self.peer_pools.use_tls(mtls.client_context())
+            self._describe_security()
+            self._tls_error = None
+            return logging.INFO, "reloaded the mTLS certificates"
+        error = mtls.last_error
+        if error is None or error == self._tls_error:
+            return None
+        self._tls_error = error
+        return logging.WARNING, f"kept the previous mTLS certificates: {error}"
 
     def tick(self) -> None:
         """Once a second: refresh the clock, enforce client timeouts, age idle pools."""

@@ -55,6 +55,12 @@ class HeadersTooLargeError(ProxyError):
     closes_connection = True
 
 
+class ForbiddenError(ProxyError):
+    """An access control policy denied the calling app (daprd answers 403)."""
+
+    status = 403
+
+
 class UnauthorizedError(ProxyError):
     """Bad or missing `dapr-api-token`; daprd answers this one in plain text."""
 

@@ -403,7 +403,6 @@ class Forwarder:
 
     __slots__ = (
         "_app_pool",
-        "_delivered_extra",
         "_endpoint_headers",
         "_endpoint_pools",
         "_make_pool",
@@ -413,6 +412,7 @@ class Forwarder:
         "_self_extra",
         "_url_pools",
         "app_id",
+        "delivered_extra",
     )
 
     def __init__(
@@ -447,7 +447,7 @@ class Forwarder:
         # Everything a self call adds to the head, computed once. A call that
         # another sidecar delivered keeps the caller headers that sidecar set.
         self._self_extra = caller_lines + callee_lines
-        self._delivered_extra = callee_lines
+        self.delivered_extra = callee_lines
         # What a call to another app's sidecar carries: who calls, and the
         # X-Forwarded-For / X-Forwarded-Host / Forwarded values of this host.
         self._remote_extra = caller_lines + forwarded_lines
@@ -483,12 +483,14 @@ class Forwarder:
         keep_alive: bool,
         http10: bool,
         expect_continue: bool,
-        delivered: bool = False,
+        delivered: bytes | None = None,
     ) -> Exchange:
         """The exchange for an invocation; raises ProxyError when it cannot be made.
 
-        `delivered` marks a call another sidecar delivered to the internal
-        listener: it may only be for this sidecar's own app.
+        `delivered` is None for a call from our own app. For a call another
+        sidecar delivered to the internal listener, it holds the header lines the
+        app receives about the call (`delivered_extra`, after the verified
+        caller's lines under mTLS); such a call may only be for this sidecar's app.
 
         `headers` is the client's header block as a flat list (name, ": ",
         value, CRLF) after a free slot at index 0, which receives the request
@@ -498,7 +500,7 @@ class Forwarder:
         if kind is _APP:
             pool = self._app_pool
             if not invocation.is_self:
-                if delivered:
+                if delivered is not None:
                     raise invoke_failure(
                         invocation.target, f"this sidecar serves {self.app_id!r} only"
                     )
@@ -515,7 +517,7 @@ class Forwarder:
                 )
             if pool is None:
                 raise self._no_route(invocation)
-            extra = self._delivered_extra if delivered else self._self_extra
+            extra = self._self_extra if delivered is None else delivered
         elif kind is _ENDPOINT:
             pool = self._endpoint_pools[invocation.target]
             extra, names = self._endpoint_headers[invocation.target]

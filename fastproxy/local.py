@@ -20,20 +20,27 @@ RUNTIME_VERSION = "fastproxy-0.1.0"
 class Metadata:
     """The `/v1.0/metadata` document; its bytes are rebuilt only when it changes."""
 
-    __slots__ = ("_base", "_body", "_extended")
+    __slots__ = ("_base", "_body", "_extended", "_sections")
 
     def __init__(self, base: dict[str, Any]) -> None:
         self._base = base
+        self._sections: dict[str, Any] = {}
         self._extended: dict[str, str] = {}
         self._body: bytes | None = None
 
     def body(self) -> bytes:
         if self._body is None:
             document = dict(self._base)
+            document.update(self._sections)
             if self._extended:
                 document["extended"] = dict(self._extended)
             self._body = json.dumps(document).encode()
         return self._body
+
+    def set_section(self, key: str, value: Any) -> None:
+        """A top-level entry of the sidecar's own (mTLS, access control)."""
+        self._sections[key] = value
+        self._body = None
 
     def set_extended(self, key: str, value: str) -> None:
         self._extended[key] = value

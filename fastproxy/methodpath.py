@@ -62,3 +62,13 @@ def normalize_method(raw: bytes) -> bytes:
     if not cleaned.translate(None, _PATH_SAFE):
         return cleaned
     return b"".join(_ENCODE_TABLE[b] for b in cleaned)
+
+
+def operation_of(method: bytes) -> str:
+    """The operation an access control policy matches: the normalised method, decoded.
+
+    `method` already went through `normalize_method`, so decoding cannot bring
+    back a `..` or a forbidden byte; it only turns re-encoded bytes into text.
+    """
+    decoded = unquote_to_bytes(method) if 37 in method else method  # 37: "%"
+    return decoded.decode("utf-8", "replace")

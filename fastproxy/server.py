@@ -13,6 +13,7 @@ import gc
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -80,11 +81,12 @@ class Sidecar:
             else "no app channel"
         )
         log.info(
-            "fastproxy %s listening on %s port %d, internal port %d (%s; name resolution %s; %s)",
+            "fastproxy %s listening on %s port %d, internal port %d%s (%s; name resolution %s; %s)",
             config.app_id,
             ",".join(config.listen_addresses),
             self.http_port,
             self.internal_port,
+            f" with mTLS as {self.context.mtls.identity}" if self.context.mtls else "",
             channel,
             self.context.name_resolution.component,
             build.describe(),
@@ -103,6 +105,7 @@ class Sidecar:
                 lambda: DownstreamProtocol(ctx, delivered=True),
                 internal_addresses,
                 config.internal_port,
+                ctx.mtls.server_context if ctx.mtls is not None else None,
             )
         except OSError:
             await self._close_servers()
@@ -138,6 +141,9 @@ class Sidecar:
             return
         try:
             ctx.tick()
+            news = ctx.reload_certificates()
+            if news is not None:
+                log.log(news[0], "%s", news[1])
         finally:
             self._tick_handle = asyncio.get_running_loop().call_later(1.0, self._tick)
 
@@ -203,7 +209,10 @@ def _ports(servers: list[asyncio.base_events.Server]) -> list[int]:
 
 
 async def _listen(
-    factory: Callable[[], asyncio.Protocol], addresses: tuple[str, ...], port: int
+    factory: Callable[[], asyncio.Protocol],
+    addresses: tuple[str, ...],
+    port: int,
+    tls: ssl.SSLContext | None = None,
 ) -> list[asyncio.base_events.Server]:
     """One server per address, all on the same port (the first bound one when 0)."""
     loop = asyncio.get_running_loop()
@@ -212,7 +221,7 @@ async def _listen(
     for address in addresses:
         try:
             server = await loop.create_server(
-                factory, host=address, port=port, reuse_address=True, backlog=4096
+                factory, host=address, port=port, reuse_address=True, backlog=4096, ssl=tls
             )
         except OSError as exc:
             if _is_unavailable_address(address, exc):

@@ -65,6 +65,12 @@ class Config:
     api_token: str | None = None
     app_api_token: str | None = None
     namespace: str = "default"
+    # mTLS between sidecars: PEM text or a path to a PEM file (Dapr's env names below).
+    # mTLS is on when all three are set; `enable_mtls` makes their absence an error.
+    trust_anchors: str | None = None  # DAPR_TRUST_ANCHORS / --trust-anchors
+    cert_chain: str | None = None  # DAPR_CERT_CHAIN / --cert-chain
+    cert_key: str | None = None  # DAPR_CERT_KEY / --cert-key
+    enable_mtls: bool = False  # --enable-mtls (daprd's flag): require the three above
     graceful_shutdown_seconds: float = 5.0
     header_timeout: float = 10.0
     keep_alive_timeout: float = 60.0

@@ -46,12 +46,23 @@ from fastproxy.downstream.reply import Exchange, LocalReply
 from fastproxy.errors import (
     BadRequestError,
     BodyTooLargeError,
+    ForbiddenError,
     HeadersTooLargeError,
     ProxyError,
     RequestTimeoutError,
     UnauthorizedError,
 )
-from fastproxy.routing import INVOKE_PREFIX, basic_auth_app_id, local_route, token_exempt
+from fastproxy.methodpath import operation_of
+from fastproxy.policy.acl import AccessControl, denial_message
+from fastproxy.routing import (
+    INVOKE_PREFIX,
+    Invocation,
+    basic_auth_app_id,
+    local_route,
+    token_exempt,
+)
+from fastproxy.security.identity import SpiffeId, caller_lines
+from fastproxy.security.tls import peer_identity
 from fastproxy.wire import COLON_SP, CRLF, error_response
 
 if TYPE_CHECKING:
@@ -74,12 +85,14 @@ LINGER_SECONDS: Final = 2.0
 
 class DownstreamProtocol(asyncio.Protocol):
     __slots__ = (
+        "_acl",
         "_active",
         "_api_token",
         "_app_id_header",
         "_authorization",
         "_body_size",
         "_cached_route",
+        "_caller",
         "_chunk_framing",
         "_chunked",
         "_chunks",
@@ -119,11 +132,14 @@ class DownstreamProtocol(asyncio.Protocol):
     def __init__(self, ctx: SidecarContext, delivered: bool = False) -> None:
         self._ctx = ctx
         # On the internal listener, calls other sidecars deliver for our app:
-        # no API token there, caller headers kept, only our own app served.
-        self._delivered = delivered
+        # no API token there, caller headers kept, only our own app served, and
+        # the access control policy decides (see connection_made).
+        self._delivered: bytes | None = ctx.forwarder.delivered_extra if delivered else None
         self._exact_kinds = EXACT_HEADERS_DELIVERED if delivered else EXACT_HEADERS
         self._special_kinds = SPECIAL_HEADERS_DELIVERED if delivered else SPECIAL_HEADERS
         self._token = None if delivered else ctx.api_token
+        self._acl = ctx.access_control if delivered else None
+        self._caller: SpiffeId | None = None
         self._max_head = ctx.config.read_buffer_size
         self._max_body = ctx.config.max_body_size
         # The header list holds 4 items per forwarded field after its first slot.
@@ -180,6 +196,15 @@ class DownstreamProtocol(asyncio.Protocol):
         self._gate = ReadGate(transport)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         ctx = self._ctx
+        if self._delivered is not None and ctx.mtls is not None:
+            # The handshake verified the calling sidecar: its certificate names the
+            # caller, for the access control policy and for the app (client copies
+            # of the caller headers are dropped, as on the public port).
+            self._caller = peer_identity(transport.get_extra_info("ssl_object"))
+            if self._caller is not None:
+                self._exact_kinds = EXACT_HEADERS
+                self._special_kinds = SPECIAL_HEADERS
+                self._delivered = caller_lines(self._caller) + ctx.forwarder.delivered_extra
         ctx.connections.add(self)
         if len(ctx.connections) > ctx.config.max_connections or ctx.draining:
             ctx.connections.discard(self)
@@ -450,6 +475,8 @@ class DownstreamProtocol(asyncio.Protocol):
             # A path routed before is an invoke path: no local route to look for.
             invocation = self._cached_route(path)
             if invocation is not None:
+                if self._acl is not None:
+                    self._check_access(self._acl, invocation, method)
                 return ctx.forwarder.open(
                     self,
                     invocation,
@@ -490,6 +517,8 @@ class DownstreamProtocol(asyncio.Protocol):
             expect_continue = not http10 and self._awaits_continue()
         else:
             invocation = ctx.router.route_path(path)
+        if self._acl is not None:
+            self._check_access(self._acl, invocation, method)
         return ctx.forwarder.open(
             self,
             invocation,
@@ -502,6 +531,17 @@ class DownstreamProtocol(asyncio.Protocol):
             expect_continue,
             self._delivered,
         )
+
+    def _check_access(self, acl: AccessControl, invocation: Invocation, method: bytes) -> None:
+        """The callee's decision on a delivered call, before anything reaches the app."""
+        operation = operation_of(invocation.method)
+        verb = method.decode("latin-1")
+        if not acl.allows(self._caller, verb, operation):
+            self._ctx.record_denial()
+            raise ForbiddenError(
+                f"failed to invoke, id: {invocation.target}, err: rpc error: code ="
+                f" PermissionDenied desc = {denial_message(self._caller, operation, verb)}"
+            )
 
     def _awaits_continue(self) -> bool:
         """The client sent `Expect: 100-continue` and holds a body back."""

@@ -7,7 +7,9 @@ namespace, so balancing and ejection see all of them.
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import ssl
 import time
 from collections.abc import Callable, Collection
 
@@ -82,21 +84,36 @@ class RemoteApp:
 
 
 class PeerPools:
-    """One pool per sidecar address, shared by every app that lives there."""
+    """One pool per sidecar address, shared by every app that lives there.
 
-    __slots__ = ("_make_pool", "_pools")
+    With mTLS on, every connection to another sidecar is TLS with our client
+    certificate; `use_tls` swaps the context for connections dialed from then on
+    (a rotated certificate), while open ones carry on.
+    """
 
-    def __init__(self, make_pool: Callable[[Endpoint], Pool]) -> None:
+    __slots__ = ("_make_pool", "_pools", "_tls")
+
+    def __init__(
+        self, make_pool: Callable[[Endpoint], Pool], tls: ssl.SSLContext | None = None
+    ) -> None:
         self._make_pool = make_pool
         self._pools: dict[Address, Pool] = {}
+        self._tls = tls
 
     def pool(self, address: Address) -> Pool:
         pool = self._pools.get(address)
         if pool is None:
             if len(self._pools) >= MAX_PEER_POOLS:
                 self._close_unused()
-            pool = self._pools[address] = self._make_pool(Endpoint(address.host, address.port))
+            endpoint = Endpoint(address.host, address.port, tls=self._tls)
+            pool = self._pools[address] = self._make_pool(endpoint)
         return pool
+
+    def use_tls(self, tls: ssl.SSLContext) -> None:
+        """New connections to every sidecar use `tls` from now on."""
+        self._tls = tls
+        for pool in self._pools.values():
+            pool.endpoint = dataclasses.replace(pool.endpoint, tls=tls)
 
     def _close_unused(self) -> None:
         for address, pool in list(self._pools.items()):

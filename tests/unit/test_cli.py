@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import runpy
+import stat
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +34,10 @@ RUN_FLAGS = [
     "--dapr-graceful-shutdown-seconds",
     "--keep-alive-timeout",
     "--header-timeout",
+    "--enable-mtls",
+    "--trust-anchors",
+    "--cert-chain",
+    "--cert-key",
 ]
 RUN_A = ["run", "--app-id", "a"]
 ENV_VARS = [
@@ -42,7 +48,17 @@ ENV_VARS = [
     "APP_API_TOKEN",
     "NAMESPACE",
     "DAPR_HOST_IP",
+    "DAPR_TRUST_ANCHORS",
+    "DAPR_CERT_CHAIN",
+    "DAPR_CERT_KEY",
 ]
+MTLS_FLAGS = ["--trust-anchors", "ca.pem", "--cert-chain", "a.pem", "--cert-key", "a.key"]
+MTLS_ENV = {"DAPR_TRUST_ANCHORS": "ca.pem", "DAPR_CERT_CHAIN": "a.pem", "DAPR_CERT_KEY": "a.key"}
+MTLS_CONFIG = Config(app_id="a", trust_anchors="ca.pem", cert_chain="a.pem", cert_key="a.key")
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+MTLS_ENABLED_CONFIG = Config(
+    app_id="a", trust_anchors="ca.pem", cert_chain="a.pem", cert_key="a.key", enable_mtls=True
+)
 
 
 # --- building Config -------------------------------------------------------------
@@ -217,6 +233,56 @@ def test_listen_addresses(text: str, expected: tuple[str, ...]) -> None:
     assert config.listen_addresses == expected
 
 
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        pytest.param(MTLS_FLAGS, {}, MTLS_CONFIG, id="flags"),
+        pytest.param([], MTLS_ENV, MTLS_CONFIG, id="env"),
+        pytest.param(
+            ["--enable-mtls", *MTLS_FLAGS],
+            {},
+            MTLS_ENABLED_CONFIG,
+            id="enable-mtls-with-material",
+        ),
+        pytest.param(
+            ["--cert-chain", "flag.pem"],
+            MTLS_ENV,
+            Config(app_id="a", trust_anchors="ca.pem", cert_chain="flag.pem", cert_key="a.key"),
+            id="flag-wins-over-env",
+        ),
+        pytest.param(
+            ["--trust-anchors", "ca.pem"],
+            {"DAPR_CERT_CHAIN": "a.pem", "DAPR_CERT_KEY": "a.key"},
+            MTLS_CONFIG,
+            id="flag-and-env-mixed",
+        ),
+        pytest.param(
+            [],
+            {**MTLS_ENV, "DAPR_TRUST_ANCHORS": PEM},
+            Config(app_id="a", trust_anchors=PEM, cert_chain="a.pem", cert_key="a.key"),
+            id="inline-pem-from-env",
+        ),
+        pytest.param(
+            [], {var: "" for var in MTLS_ENV}, Config(app_id="a"), id="empty-env-means-off"
+        ),
+    ],
+)
+def test_mtls_material_from_flags_and_env(
+    argv: list[str], environ: dict[str, str], expected: Config
+) -> None:
+    assert build_config([*RUN_A, *argv], environ) == ("run", expected)
+
+
+def test_mtls_flags_work_for_demo() -> None:
+    _, config = build_config(["demo", *MTLS_FLAGS], {})
+
+    assert (config.trust_anchors, config.cert_chain, config.cert_key) == (
+        "ca.pem",
+        "a.pem",
+        "a.key",
+    )
+
+
 def test_components_path_appends_to_resources_paths() -> None:
     argv = [*RUN_A, "--resources-path", "r1", "--components-path", "c"]
     argv += ["--resources-path", "r2"]
@@ -341,6 +407,42 @@ def test_demo_defaults(argv: list[str], environ: dict[str, str], expected: Confi
             ["--dapr-listen-addresses", "'[::1'"],
             id="unclosed-bracket",
         ),
+        pytest.param(
+            [*RUN_A, "--cert-key", "a.key"],
+            {},
+            ["together", "missing: --trust-anchors (or DAPR_TRUST_ANCHORS), --cert-chain"],
+            id="mtls-key-only",
+        ),
+        pytest.param(
+            RUN_A,
+            {"DAPR_TRUST_ANCHORS": "ca.pem", "DAPR_CERT_CHAIN": "a.pem"},
+            ["together", "missing: --cert-key (or DAPR_CERT_KEY)"],
+            id="mtls-env-without-key",
+        ),
+        pytest.param(
+            [*RUN_A, "--enable-mtls"],
+            {},
+            ["--enable-mtls", "--trust-anchors", "--cert-chain", "--cert-key", "fastproxy certs"],
+            id="enable-mtls-without-material",
+        ),
+        pytest.param(
+            [*RUN_A, "--enable-mtls", "--trust-anchors", "ca.pem"],
+            {},
+            ["together", "missing: --cert-chain (or DAPR_CERT_CHAIN), --cert-key"],
+            id="enable-mtls-partial",
+        ),
+        pytest.param(
+            ["demo", "--enable-mtls"], {}, ["--enable-mtls", "missing"], id="demo-enable-mtls"
+        ),
+        pytest.param(
+            [*RUN_A, *MTLS_FLAGS, "--cert-key", " "],
+            {},
+            ["--cert-key", "not empty"],
+            id="blank-key-flag",
+        ),
+        pytest.param(
+            [*RUN_A, "--trust-anchors"], {}, ["--trust-anchors", "expected one"], id="no-value"
+        ),
     ],
 )
 def test_bad_input_exits_2_naming_the_source(
@@ -383,6 +485,119 @@ def test_every_flag_has_help_text(command: str) -> None:
         assert action.help != argparse.SUPPRESS
 
 
+# --- certs ------------------------------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.usefixtures("clean_environ")
+def test_certs_writes_bundle_and_prints_env_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sidecar is not needed to write certificates: importing it would fail here.
+    monkeypatch.setitem(sys.modules, "fastproxy.server", None)
+    out = tmp_path / "certs"
+
+    status = main(["certs", "--out", str(out), "--app-id", "a,b", "--app-id", "c", "-app-id=a"])
+
+    assert status == 0
+    names = ["ca.pem", "ca.key", "a.pem", "a.key", "b.pem", "b.key", "c.pem", "c.key"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    assert {p.name for p in out.iterdir() if _mode(p) == 0o600} == {
+        "ca.key",
+        "a.key",
+        "b.key",
+        "c.key",
+    }
+    printed = capsys.readouterr().out
+    assert "created a development CA" in printed
+    assert "spiffe://public/ns/default/b" in printed
+    for app in ("a", "b", "c"):
+        line = (
+            f"DAPR_TRUST_ANCHORS={out}/ca.pem DAPR_CERT_CHAIN={out}/{app}.pem "
+            f"DAPR_CERT_KEY={out}/{app}.key fastproxy run --enable-mtls --app-id {app} "
+        )
+        assert line in printed
+    assert printed.count("fastproxy run") == 3
+    assert "NAMESPACE=" not in printed
+
+
+@pytest.mark.usefixtures("clean_environ")
+def test_certs_reuses_ca_and_names_namespace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["certs", "--out", str(tmp_path), "--app-id", "a"]) == 0
+    ca_pem = (tmp_path / "ca.pem").read_bytes()
+    capsys.readouterr()
+
+    argv = ["certs", "--out", str(tmp_path), "--app-id", "b", "--namespace", "prod"]
+    argv += ["--trust-domain", "example.org", "--days", "7"]
+    assert main(argv) == 0
+
+    printed = capsys.readouterr().out
+    assert (tmp_path / "ca.pem").read_bytes() == ca_pem
+    assert f"reused the CA in {tmp_path}/ca.pem" in printed
+    assert "spiffe://example.org/ns/prod/b" in printed
+    assert f"NAMESPACE=prod DAPR_TRUST_ANCHORS={tmp_path}/ca.pem" in printed
+
+
+@pytest.mark.usefixtures("clean_environ")
+def test_certs_reports_bad_input_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["certs", "--out", str(tmp_path), "--app-id", "ca"]) == 1
+
+    assert capsys.readouterr().err == "fastproxy: app id 'ca' would overwrite the CA files\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        pytest.param(["certs", "--app-id", "a"], ["--out", "required"], id="no-out"),
+        pytest.param(["certs", "--out", "d"], ["--app-id", "required"], id="no-app-id"),
+        pytest.param(["certs", "--out", "d", "--app-id", "a,"], ["invalid app id"], id="comma"),
+        pytest.param(
+            ["certs", "--out", "d", "--app-id", "a.b"], ["invalid app id"], id="dotted-app-id"
+        ),
+        pytest.param(
+            ["certs", "--out", "d", "--app-id", "a", "--days", "0"], ["--days"], id="zero-days"
+        ),
+        pytest.param(
+            ["certs", "--out", "d", "--app-id", "a", "--enable-mtls"],
+            ["unrecognized"],
+            id="run-flag",
+        ),
+    ],
+)
+def test_certs_bad_flags_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], fragments: list[str]
+) -> None:
+    assert main(argv) == 2
+
+    err = capsys.readouterr().err
+    for fragment in fragments:
+        assert fragment in err
+
+
+def test_certs_builds_no_sidecar_config(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        build_config(["certs", "--out", "d", "--app-id", "a"], {})
+
+    assert caught.value.code == 2
+    assert "builds no sidecar Config" in capsys.readouterr().err
+
+
+def test_certs_help_lists_its_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["certs", "--help"]) == 0
+
+    out = capsys.readouterr().out
+    for flag in ("--out", "--app-id", "--namespace", "--trust-domain", "--days"):
+        assert flag in out
+
+
 # --- main: dispatch ------------------------------------------------------------------
 
 
@@ -423,6 +638,13 @@ def _fake_runner(
             "run_demo",
             Config(app_id="demo", app_port=0, internal_port=0),
             id="demo",
+        ),
+        pytest.param(
+            [*RUN_A, "--enable-mtls", *MTLS_FLAGS],
+            "fastproxy.server",
+            "run",
+            MTLS_ENABLED_CONFIG,
+            id="run-mtls",
         ),
     ],
 )
