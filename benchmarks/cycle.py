@@ -56,6 +56,9 @@ class NullTransport:
     def is_closing(self) -> bool:
         return False
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass
 

@@ -360,6 +360,18 @@ class RemoteExchange(Exchange):
             self._address = None
             self._remote.finished(address, ok)
 
+    def attach(self, conn: UpstreamConnection) -> None:
+        # Under mTLS the callee must prove it is the app we meant: a registry or
+        # DNS answer pointing elsewhere must not receive the call.
+        if conn.pool.endpoint.tls is not None and not self._remote.is_served_by(conn.peer):
+            conn.close()
+            self.connect_failed(
+                f"the sidecar at {conn.pool.name} is {conn.peer or 'not identified'},"
+                f" not {self._remote.app_id} in namespace {self._remote.namespace}"
+            )
+            return
+        super().attach(conn)
+
     def connect_failed(self, reason: str) -> None:
         if self.cancelled or self.response_done:
             # The client is gone, but the dial still says the instance is unreachable.

@@ -540,7 +540,8 @@ class DownstreamProtocol(asyncio.Protocol):
             self._ctx.record_denial()
             raise ForbiddenError(
                 f"failed to invoke, id: {invocation.target}, err: rpc error: code ="
-                f" PermissionDenied desc = {denial_message(self._caller, operation, verb)}"
+                # daprd names the method as the caller wrote it: no leading "/".
+                f" PermissionDenied desc = {denial_message(self._caller, operation[1:], verb)}"
             )
 
     def _awaits_continue(self) -> bool:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpResponseParser
 
+from fastproxy.security.identity import SpiffeId
+from fastproxy.security.tls import peer_identity
 from fastproxy.wire import (
     CHUNKED,
     COLON_SP,
@@ -137,6 +139,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_upstream_chunked",
         "exchange",
         "idle_since",
+        "peer",
         "pool",
         "requests_served",
         "state",
@@ -150,6 +153,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange: Client | None = None
         self.idle_since = 0.0
         self.requests_served = 0
+        # Who answered the TLS handshake, when the upstream is another sidecar under mTLS.
+        self.peer: SpiffeId | None = None
         self._parser = HttpResponseParser(self)
         self._out: list[bytes] = []
         self._complete = False
@@ -183,6 +188,9 @@ class UpstreamConnection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.peer = peer_identity(ssl_object)
         self.state = IDLE
 
     def data_received(self, data: bytes) -> None:

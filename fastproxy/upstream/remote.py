@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection
 
 from fastproxy.discovery.cache import ResolverCache
 from fastproxy.discovery.model import Address
+from fastproxy.security.identity import SpiffeId
 from fastproxy.upstream.balancer import Balancer, make_balancer
 from fastproxy.upstream.endpoint import Endpoint
 from fastproxy.upstream.pool import Pool
@@ -44,6 +45,10 @@ class RemoteApp:
 
     def __repr__(self) -> str:
         return f"<RemoteApp {self.app_id}.{self.namespace} {self._balancer!r}>"
+
+    def is_served_by(self, peer: SpiffeId | None) -> bool:
+        """Whether a sidecar with this verified identity serves this app."""
+        return peer is not None and peer.app_id == self.app_id and peer.namespace == self.namespace
 
     def cached(self) -> tuple[Address, ...] | None:
         """The app's sidecars if the cache knows them now (no await)."""

@@ -69,6 +69,9 @@ class FakeTransport:
     def is_closing(self) -> bool:
         return self.closing
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default  # a plain connection: no TLS, no peer certificate
+
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self.high_water = high
 

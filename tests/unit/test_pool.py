@@ -30,6 +30,9 @@ class Transport:
     def is_closing(self) -> bool:
         return self.aborted
 
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default  # plain TCP: no peer certificate
+
     def write(self, data: bytes) -> None:
         pass
 
