@@ -17,12 +17,16 @@ from fastproxy.discovery.factory import build_name_resolution
 from fastproxy.forwarder import Forwarder
 from fastproxy.local import Metadata, local_reply, metadata_document
 from fastproxy.policy.acl import AccessControl, parse_access_control
+from fastproxy.resiliency.breaker import BreakerState
+from fastproxy.resiliency.spec import Resiliency, load_resiliency
 from fastproxy.routing import LocalRoute, Router
 from fastproxy.security.tls import MtlsContexts, MtlsSource
 from fastproxy.upstream.endpoint import Endpoint
 from fastproxy.upstream.pool import Pool, PoolLimits
 from fastproxy.upstream.remote import PeerPools, RemoteApps
 from fastproxy.wire import Clock
+
+log = logging.getLogger("fastproxy")
 
 if TYPE_CHECKING:
     from fastproxy.downstream.protocol import DownstreamProtocol
@@ -45,6 +49,7 @@ class SidecarContext:
         "mtls",
         "name_resolution",
         "peer_pools",
+        "resiliency",
         "resolver_cache",
         "resources",
         "router",
@@ -90,6 +95,13 @@ class SidecarContext:
             lambda endpoint: Pool(endpoint, limits, clock),
             self.mtls.client_context() if self.mtls is not None else None,
         )
+        self.resiliency: Resiliency | None = (
+            load_resiliency(
+                resources.resiliency, config.app_id, time.monotonic, _log_breaker_change
+            )
+            if resources.resiliency
+            else None
+        )
         self.forwarder = Forwarder(
             config.app_id,
             config.namespace,
@@ -100,6 +112,7 @@ class SidecarContext:
             config.app_api_token,
             RemoteApps(self.resolver_cache, self.peer_pools, self.name_resolution.load_balancing),
             forwarded_lines(config.host_address),
+            self.resiliency,
         )
         self.metadata = Metadata(
             metadata_document(
@@ -107,6 +120,8 @@ class SidecarContext:
             )
         )
         self._describe_security()
+        if self.resiliency is not None:
+            self.metadata.set_section("resiliency", self.resiliency.summary())
 
     def local_reply(
         self,
@@ -177,6 +192,10 @@ class SidecarContext:
             result = close()
             if asyncio.iscoroutine(result):
                 await result
+
+
+def _log_breaker_change(name: str, old: BreakerState, new: BreakerState) -> None:
+    log.warning("circuit breaker %s: %s -> %s", name, old.name.lower(), new.name.lower())
 
 
 def forwarded_lines(host_address: str) -> bytes:

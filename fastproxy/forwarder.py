@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
+from fastproxy.attempts import BREAKER_OPEN, TIMED_OUT, Attempts
 from fastproxy.config.model import HTTPEndpoint
 from fastproxy.discovery.model import Address, ResolverUnavailable, ServiceNotFound
 from fastproxy.errors import ProxyError, invoke_failure
+from fastproxy.resiliency.retry import BUILT_IN_SERVICE_RETRY, RetrySpec
+from fastproxy.resiliency.spec import Resiliency
 from fastproxy.routing import Invocation, TargetKind
 from fastproxy.upstream.connection import UpstreamConnection
 from fastproxy.upstream.endpoint import Endpoint, endpoint_from_url, endpoint_headers
@@ -45,16 +49,20 @@ class Exchange:
     _pool: Pool
 
     __slots__ = (
+        "_attempts",
+        "_between_attempts",
         "_body_received",
         "_buffered",
         "_chunked_in",
         "_conn",
+        "_discarding",
         "_downstream",
         "_head",
         "_pending",
         "_pool",
         "_replay",
         "_retried",
+        "_status",
         "_target",
         "cancelled",
         "client",
@@ -64,6 +72,7 @@ class Exchange:
         "keep_alive",
         "request_done",
         "request_sent",
+        "resilient",
         "response_done",
         "response_started",
     )
@@ -104,6 +113,23 @@ class Exchange:
         self.request_sent = False
         self.response_started = False
         self.response_done = False
+        # Resiliency (see `arm`): off unless a policy applies to the target.
+        self.resilient = False
+        self._attempts: Attempts | None = None
+        self._between_attempts = False
+        self._discarding = False
+        self._status = 0
+
+    def arm(self, attempts: Attempts, retries: bool) -> None:
+        """Put the exchange under a resiliency policy (before it starts).
+
+        With retries, a request whose body has a known length is kept (up to
+        REPLAY_LIMIT) so it can be sent again; a streamed body never is.
+        """
+        self.resilient = True
+        self._attempts = attempts
+        if retries and not self._chunked_in and self._replay is None:
+            self._replay = [self._head]
 
     def __repr__(self) -> str:
         return (
@@ -117,6 +143,9 @@ class Exchange:
     def start(self) -> None:
         if self.expect_continue and not self.request_done:
             self._downstream.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self._attempts is not None and not self._attempts.begin(self._timed_out):
+            self._fail(invoke_failure(self._target, BREAKER_OPEN))
+            return
         conn = self._pool.acquire(self)
         if conn is None:
             if not self.cancelled and not self.request_done:
@@ -175,6 +204,8 @@ class Exchange:
     def cancel(self) -> None:
         """The client went away or broke its request: drop the upstream side."""
         self.cancelled = True
+        if self._attempts is not None:
+            self._attempts.cancel()
         conn = self._conn
         self._conn = None
         if conn is not None:
@@ -185,7 +216,8 @@ class Exchange:
     # -- driven by the pool and the upstream connection -------------------
 
     def attach(self, conn: UpstreamConnection) -> None:
-        if self.cancelled or self.response_done:
+        if self.cancelled or self.response_done or self._between_attempts or self._conn:
+            # Late: a dial for an attempt that already timed out or found a connection.
             self._pool.release(conn)
             return
         self._conn = conn
@@ -204,7 +236,9 @@ class Exchange:
             self.request_sent = True
 
     def connect_failed(self, reason: str) -> None:
-        if self.cancelled or self.response_done:
+        if self.cancelled or self.response_done or self._between_attempts or self._conn:
+            return
+        if self._attempts is not None and self._attempt_failed():
             return
         self._fail(invoke_failure(self._target, reason))
 
@@ -214,7 +248,11 @@ class Exchange:
         if self.cancelled:
             return
         if self.response_started:
+            if self._attempts is not None:
+                self._attempts.end(False)
             self._downstream.abort()
+            return
+        if self._attempts is not None and self._attempt_failed():
             return
         replay = self._replay
         if (
@@ -241,8 +279,98 @@ class Exchange:
         self._conn = None
         if reusable:
             self._pool.release(conn)
+        if self._attempts is not None and self._attempt_answered():
+            return
         self.response_done = True
         self._downstream.response_finished(self)
+
+    # -- resiliency (only with a policy: see `arm`) -------------------------
+
+    def on_status(self, status: int) -> bool:
+        """The upstream's status for this attempt; True: drop this answer, another follows.
+
+        Only failures the retry policy names are dropped, and only while the
+        request can be sent again whole; the last attempt's answer always
+        reaches the client unchanged.
+        """
+        self._status = status
+        attempts = self._attempts
+        if attempts is None or not attempts.retries_status(status) or not self._replayable():
+            return False
+        if not attempts.may_retry():
+            return False
+        self._discarding = True
+        return True
+
+    def _replayable(self) -> bool:
+        return self._replay is not None and self.request_done and not self.response_started
+
+    def _attempt_answered(self) -> bool:
+        """The attempt's response ended; True when it was dropped and a retry is due."""
+        attempts = self._attempts
+        assert attempts is not None
+        attempts.end(200 <= self._status < 400)
+        if not self._discarding:
+            return False
+        self._discarding = False
+        self._wait_and_retry(attempts)
+        return True
+
+    def _attempt_failed(self) -> bool:
+        """A transport failure ended the attempt; True when a retry is due."""
+        attempts = self._attempts
+        assert attempts is not None
+        attempts.end(False)
+        if not (self._replayable() and attempts.may_retry()):
+            return False
+        self._wait_and_retry(attempts)
+        return True
+
+    def _timed_out(self) -> None:
+        """The attempt outlived the policy's timeout: its connection is never reused."""
+        attempts = self._attempts
+        if attempts is None or self.cancelled or self.response_done:
+            return
+        conn = self._conn
+        self._conn = None
+        if conn is not None:
+            conn.abandon()
+        elif not self._between_attempts:
+            self._forget_waiting()
+        self._discarding = False
+        if self.response_started:
+            attempts.end(False)
+            self._downstream.abort()
+            return
+        if self._attempt_failed():
+            return
+        self._fail(invoke_failure(self._target, TIMED_OUT))
+
+    def _forget_waiting(self) -> None:
+        self._pool.forget(self)
+
+    def _wait_and_retry(self, attempts: Attempts) -> None:
+        self._between_attempts = True
+        attempts.retry_later(self._retry_now)
+
+    def _retry_now(self) -> None:
+        attempts = self._attempts
+        self._between_attempts = False
+        if attempts is None or self.cancelled or self.response_done:
+            return
+        replay = self._replay
+        assert replay is not None
+        self._pending = replay[1:]
+        self._buffered = 0
+        if not attempts.begin(self._timed_out):
+            self._fail(invoke_failure(self._target, BREAKER_OPEN))
+            return
+        self._next_attempt()
+
+    def _next_attempt(self) -> None:
+        conn = self._pool.acquire(self)
+        if conn is not None:
+            self.attach(conn)
 
     def set_client_paused(self, paused: bool) -> None:
         """The client stopped reading (or resumed): stop reading the upstream too."""
@@ -267,11 +395,14 @@ class RemoteExchange(Exchange):
     __slots__ = (
         "_abandoned_dial",
         "_address",
+        "_builtin_retries",
         "_chosen",
         "_last_error",
         "_remote",
         "_resolving",
         "_tried",
+        "_wait",
+        "built_in_retry",
     )
 
     def __init__(
@@ -307,6 +438,11 @@ class RemoteExchange(Exchange):
         self._abandoned_dial: Address | None = None
         self._chosen = False
         self._last_error = ""
+        # Dapr's built-in retry when no sidecar of the app can be reached (set by
+        # the forwarder; None for streamed bodies and targets a named policy covers).
+        self.built_in_retry: RetrySpec | None = None
+        self._builtin_retries = 0
+        self._wait: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return (
@@ -319,7 +455,21 @@ class RemoteExchange(Exchange):
             self._downstream.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if self._pending is None and not self.request_done:
             self._pending = []
+        if self._attempts is not None and not self._attempts.begin(self._timed_out):
+            self._fail(invoke_failure(self._target, BREAKER_OPEN))
+            return
         self._choose(self._remote.cached())
+
+    def _next_attempt(self) -> None:
+        self._tried = []
+        self._choose(self._remote.cached())
+
+    def _forget_waiting(self) -> None:
+        if self._resolving is not None:
+            self._resolving.cancel()
+            self._resolving = None
+        if self._chosen:
+            self._pool.forget(self)
 
     def _choose(self, addresses: tuple[Address, ...] | None) -> None:
         if self.cancelled or self.response_started:
@@ -330,6 +480,8 @@ class RemoteExchange(Exchange):
         address = self._remote.pick(addresses, self._tried)
         if address is None:
             self._remote.forget()
+            if self._retry_unreachable():
+                return
             reason = f"no instance of {self._target} could be reached"
             if self._last_error:
                 reason += f" (last error: {self._last_error})"
@@ -342,6 +494,29 @@ class RemoteExchange(Exchange):
         conn = self._pool.acquire(self)
         if conn is not None:
             self.attach(conn)
+
+    def _retry_unreachable(self) -> bool:
+        """Every instance refused: wait, look the app up again and retry, as daprd does.
+
+        True when another round was scheduled (by the policy, or else by the
+        built-in retry); nothing of the request was sent in this round.
+        """
+        if self._attempts is not None:
+            return self._attempt_failed()
+        spec = self.built_in_retry
+        if spec is None or not spec.allows(self._builtin_retries):
+            return False
+        self._builtin_retries += 1
+        delay = spec.delay(self._builtin_retries, random.random)
+        self._wait = asyncio.get_running_loop().call_later(delay, self._after_wait)
+        return True
+
+    def _after_wait(self) -> None:
+        self._wait = None
+        if self.cancelled or self.response_started:
+            return
+        self._tried = []
+        self._choose(self._remote.cached())
 
     async def _resolve(self) -> None:
         try:
@@ -379,6 +554,8 @@ class RemoteExchange(Exchange):
                 self._remote.unreachable(self._abandoned_dial)
                 self._abandoned_dial = None
             return
+        if self._between_attempts or self._conn is not None:
+            return  # a dial for an attempt that is already over
         # Nothing was sent: another instance may take the request.
         if self._address is not None:
             self._tried.append(self._address)
@@ -397,11 +574,16 @@ class RemoteExchange(Exchange):
     def cancel(self) -> None:
         if self._resolving is not None:
             self._resolving.cancel()
+        if self._wait is not None:
+            self._wait.cancel()
+            self._wait = None
         if self._conn is None:
             self._abandoned_dial = self._address
         self._done_with_address(None)
         if not self._chosen:
             self.cancelled = True
+            if self._attempts is not None:
+                self._attempts.cancel()
             return
         super().cancel()
 
@@ -421,6 +603,7 @@ class Forwarder:
         "_namespace",
         "_remote_apps",
         "_remote_extra",
+        "_resiliency",
         "_self_extra",
         "_url_pools",
         "app_id",
@@ -438,8 +621,10 @@ class Forwarder:
         app_api_token: str | None = None,
         remote_apps: RemoteApps | None = None,
         forwarded_lines: bytes = b"",
+        resiliency: Resiliency | None = None,
     ) -> None:
         self.app_id = app_id
+        self._resiliency = resiliency
         self._namespace = namespace
         self._remote_apps = remote_apps
 
@@ -545,7 +730,7 @@ class Forwarder:
         if chunked_in:
             headers.append(CHUNKED)
         headers.append(CRLF)
-        return Exchange(
+        exchange = Exchange(
             downstream,
             pool,
             b"".join(headers),
@@ -557,6 +742,34 @@ class Forwarder:
             not chunked_in and method in _IDEMPOTENT,
             expect_continue,
         )
+        if self._resiliency is not None:
+            self._arm(exchange, invocation)
+        return exchange
+
+    def _built_in_retry(self, invocation: Invocation) -> RetrySpec | None:
+        """Dapr's retry between sidecars, unless a policy names this target."""
+        resiliency = self._resiliency
+        if resiliency is None:
+            return BUILT_IN_SERVICE_RETRY
+        policy = resiliency.for_app(invocation.target)
+        if policy is not None and policy.named_target:
+            return None
+        return resiliency.built_in_retry
+
+    def _arm(self, exchange: Exchange, invocation: Invocation) -> None:
+        """Put an exchange under the resiliency policy for its target, if any."""
+        resiliency = self._resiliency
+        assert resiliency is not None
+        policy = resiliency.for_app(invocation.target)
+        if policy is None:
+            return
+        breaker = None
+        if policy.breaker is not None:
+            breakers = resiliency.breakers(invocation.target)
+            if breakers is not None:
+                # Dapr keeps one breaker per app and method.
+                breaker = breakers.get(f"{invocation.target}:{invocation.method.decode()}")
+        exchange.arm(Attempts(policy.timeout, policy.retry, breaker), policy.retry is not None)
 
     def _open_remote(
         self,
@@ -596,7 +809,7 @@ class Forwarder:
         if chunked_in:
             headers.append(CHUNKED)
         headers.append(CRLF)
-        return RemoteExchange(
+        exchange = RemoteExchange(
             downstream,
             remote,
             b"".join(headers),
@@ -608,6 +821,11 @@ class Forwarder:
             not chunked_in and method in _IDEMPOTENT,
             expect_continue,
         )
+        if not chunked_in:
+            exchange.built_in_retry = self._built_in_retry(invocation)
+        if self._resiliency is not None:
+            self._arm(exchange, invocation)
+        return exchange
 
     def _no_route(self, invocation: Invocation) -> ProxyError:
         if not invocation.is_self:

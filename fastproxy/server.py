@@ -91,6 +91,9 @@ class Sidecar:
             self.context.name_resolution.component,
             build.describe(),
         )
+        if self.context.resiliency is not None:
+            for entry in self.context.resiliency.summary():
+                log.info("resiliency %s: %s", entry["name"], entry["policies"])
 
     async def _bind(self) -> None:
         ctx = self.context

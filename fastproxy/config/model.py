@@ -39,6 +39,8 @@ class Resources:
 
     http_endpoints: dict[str, HTTPEndpoint] = field(default_factory=dict)
     configuration: dict[str, Any] = field(default_factory=dict)
+    # `Resiliency` documents as loaded (each with a "source" key naming its file).
+    resiliency: tuple[dict[str, Any], ...] = ()
     skipped_kinds: tuple[str, ...] = ()
 
 

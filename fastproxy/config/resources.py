@@ -60,10 +60,15 @@ def load_resources(paths: Sequence[str], config_file: str | None, app_id: str) -
     """
     endpoints: dict[str, HTTPEndpoint] = {}
     configuration: _Document | None = None
+    resiliency: list[dict[str, Any]] = []
     skipped: dict[str, None] = {}
     for doc in _documents_in(_resource_files(paths)):
         if doc.kind == "HTTPEndpoint":
             _add_endpoint(endpoints, doc, app_id)
+        elif doc.kind == "Resiliency":
+            # Checked when the policies are built (fastproxy.resiliency), which
+            # also applies the document's scopes.
+            resiliency.append({**doc.body, "source": str(doc.file)})
         elif doc.kind == "Configuration":
             if configuration is not None:
                 raise doc.error(
@@ -76,7 +81,12 @@ def load_resources(paths: Sequence[str], config_file: str | None, app_id: str) -
     if config_file is not None:
         configuration = _config_file_document(config_file, skipped)
     spec = _configuration_spec(configuration) if configuration is not None else {}
-    return Resources(http_endpoints=endpoints, configuration=spec, skipped_kinds=tuple(skipped))
+    return Resources(
+        http_endpoints=endpoints,
+        configuration=spec,
+        resiliency=tuple(resiliency),
+        skipped_kinds=tuple(skipped),
+    )
 
 
 # --- files and documents ----------------------------------------------------

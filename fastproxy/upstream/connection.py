@@ -106,10 +106,12 @@ class Client(Protocol):
     keep_alive: bool
     response_started: bool
     request_sent: bool
+    resilient: bool
 
     def response_finished(self, conn: UpstreamConnection, reusable: bool) -> None: ...
     def upstream_failed(self, reason: str, got_response_bytes: bool) -> None: ...
     def upstream_paused(self, paused: bool) -> None: ...
+    def on_status(self, status: int) -> bool: ...
 
 
 class _ExtraResponse(Exception):
@@ -126,6 +128,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_client_close",
         "_complete",
         "_content_length",
+        "_discard",
         "_eof_framed",
         "_got_bytes",
         "_head_bytes",
@@ -180,6 +183,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._client_chunked = False
         self._client_close = False
         self._eof_framed = False
+        self._discard = False
         self._unusual = False
 
     # -- asyncio protocol -------------------------------------------------
@@ -321,6 +325,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         exchange = self.exchange
         assert exchange is not None
+        if exchange.resilient and exchange.on_status(status):
+            self._drop_response(exchange, status)
+            return
         parts = self._headers
         # Trailers of a chunked body also come through on_header: keep them out.
         self._headers = []
@@ -351,7 +358,24 @@ class UpstreamConnection(asyncio.Protocol):
             self._keep_alive = self._parser.should_keep_alive()
             raise _HeadResponseDone
 
+    def _drop_response(self, exchange: Client, status: int) -> None:
+        """A failure the exchange will retry: read it to its end, send none of it."""
+        self._unusual = True
+        self._discard = True
+        self._headers = []
+        self._eof_framed = (
+            self._content_length is None
+            and not self._upstream_chunked
+            and not (exchange.is_head or status in {204, 304})
+        )
+        if exchange.is_head:
+            self._complete = True
+            self._keep_alive = self._parser.should_keep_alive()
+            raise _HeadResponseDone
+
     def on_body(self, body: bytes) -> None:
+        if self._discard:
+            return
         if self._client_chunked:
             self._out.extend((b"%x\r\n" % len(body), body, CRLF))
         else:

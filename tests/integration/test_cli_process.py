@@ -149,6 +149,8 @@ def run_args(app_id: str, http_port: int, app_port: int | None, *more: str) -> l
         str(http_port),
         "--dapr-listen-addresses",
         "127.0.0.1",
+        "--dapr-internal-port",
+        "0",
     ]
     if app_port is not None:
         args += ["--app-port", str(app_port)]
@@ -224,6 +226,8 @@ async def test_run_process_accepts_single_dash_daprd_flags(spawn: Spawn, echo_ap
             str(port),
             "-dapr-listen-addresses",
             "127.0.0.1",
+            "-dapr-internal-port",
+            "0",
         ]
     )
     await proc.wait_ready(port)

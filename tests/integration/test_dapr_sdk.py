@@ -473,6 +473,7 @@ async def threaded_sidecar(
         config.setdefault("app_id", "app")
         config.setdefault("http_port", 0)
         config.setdefault("listen_addresses", ("127.0.0.1",))
+        config.setdefault("internal_port", 0)  # never Dapr's fixed 50002: tests share the host
         config.setdefault("app_port", echo_app.port)
         threaded = ThreadedSidecar(**config)
         started.append(threaded)

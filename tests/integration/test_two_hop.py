@@ -802,8 +802,11 @@ async def test_both_instances_stopped_is_500_could_be_reached(
         await b2.stop(grace=1.0)
         for method in ("GET", "POST"):
             started = time.monotonic()
-            response = await request(a.http_port, method, "/v1.0/invoke/b/method/x", body=b"z")
-            assert time.monotonic() - started < 3.0
+            response = await request(
+                a.http_port, method, "/v1.0/invoke/b/method/x", body=b"z", timeout=10.0
+            )
+            # Dapr's built-in retry between sidecars: 3 more rounds, 1 s apart.
+            assert 2.5 < time.monotonic() - started < 6.0
             assert_invoke_error(response, "could be reached")
         # Answered by a sidecar that stays usable.
         health = await request(a.http_port, "GET", "/v1.0/healthz")

@@ -258,16 +258,26 @@ def test_other_kinds_recorded_once_in_first_seen_order(tmp_path: Path) -> None:
     write(
         tmp_path,
         "b.yaml",
-        COMPONENT.format(kind="Resiliency", name="r")
+        COMPONENT.format(kind="Subscription", name="s1")
         + "---\n"
         + COMPONENT.format(kind="Component", name="pubsub"),
     )
-    write(tmp_path, "c.yaml", COMPONENT.format(kind="Subscription", name="s"))
+    write(tmp_path, "c.yaml", COMPONENT.format(kind="Subscription", name="s2"))
 
     resources = load_resources([str(tmp_path)], None, "app")
 
-    assert resources.skipped_kinds == ("Component", "Resiliency", "Subscription")
+    assert resources.skipped_kinds == ("Component", "Subscription")
     assert resources.http_endpoints == {}
+
+
+def test_resiliency_documents_are_kept_with_their_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "r.yaml", COMPONENT.format(kind="Resiliency", name="r"))
+
+    resources = load_resources([str(tmp_path)], None, "app")
+
+    assert [doc["metadata"]["name"] for doc in resources.resiliency] == ["r"]
+    assert resources.resiliency[0]["source"] == str(path)
+    assert resources.skipped_kinds == ()
 
 
 # --- errors ------------------------------------------------------------------------
