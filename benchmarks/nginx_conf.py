@@ -11,6 +11,10 @@ from pathlib import Path
 # Names used for the config, pid, log and temp paths of each instance in the work dir.
 UPSTREAM = "upstream"
 PROXY = "nginx-proxy"
+RETRY_PROXY = "nginx-retry"
+
+# Attempts nginx-retry makes per request: the first one plus 3 retries (maxRetries: 3).
+RETRY_TRIES = 4
 
 SMALL_BODY = "hello, world\n"
 
@@ -116,13 +120,43 @@ def proxy_conf(workdir: Path, port: int, upstream_port: int, as_root: bool) -> s
     plus a high ``keepalive_requests``) and responses are never spooled to temp files,
     so the baseline is nginx at its realistic best rather than at its defaults.
     """
+    return _proxy_conf(
+        workdir, PROXY, port, f"        server 127.0.0.1:{upstream_port};\n", "", as_root
+    )
+
+
+def retry_proxy_conf(
+    workdir: Path, port: int, upstream_port: int, as_root: bool, tries: int = RETRY_TRIES
+) -> str:
+    """nginx-proxy that retries a 503 from the app, the native baseline of the retry case.
+
+    nginx only passes a request to the *next* server of the group, at most once per server,
+    so the one app is listed ``tries`` times (``max_fails=0``: never marked down).
+    ``proxy_next_upstream`` keeps nginx's default ``error timeout`` (fastproxy also retries
+    a failed connection) and adds ``http_503`` and ``non_idempotent`` (so any method is
+    retried, as the Resiliency policy does); ``proxy_next_upstream_tries`` caps the attempts
+    at ``tries`` = 1 + 3 retries, as ``maxRetries: 3``. Otherwise the same as ``proxy_conf``.
+    """
+    if tries < 1:
+        raise ValueError("tries must be >= 1")
+    servers = f"        server 127.0.0.1:{upstream_port} max_fails=0;\n" * tries
+    retry = (
+        "            proxy_next_upstream error timeout http_503 non_idempotent;\n"
+        f"            proxy_next_upstream_tries {tries};\n"
+    )
+    return _proxy_conf(workdir, RETRY_PROXY, port, servers, retry, as_root)
+
+
+def _proxy_conf(
+    workdir: Path, name: str, port: int, servers: str, location_extra: str, as_root: bool
+) -> str:
     return (
-        _common_head(workdir, PROXY, as_root)
+        _common_head(workdir, name, as_root)
         + "http {\n"
-        + _http_head(workdir, PROXY)
+        + _http_head(workdir, name)
         + "    upstream up {\n"
-        f"        server 127.0.0.1:{upstream_port};\n"
-        "        keepalive 64;\n"
+        + servers
+        + "        keepalive 64;\n"
         f"        keepalive_requests {KEEPALIVE_REQUESTS};\n"
         "    }\n"
         "    server {\n"
@@ -131,8 +165,7 @@ def proxy_conf(workdir: Path, port: int, upstream_port: int, as_root: bool) -> s
         "            proxy_pass http://up/$1$is_args$args;\n"
         "            proxy_http_version 1.1;\n"
         '            proxy_set_header Connection "";\n'
-        "            proxy_max_temp_file_size 0;\n"
-        "        }\n"
+        "            proxy_max_temp_file_size 0;\n" + location_extra + "        }\n"
         "    }\n"
         "}\n"
     )

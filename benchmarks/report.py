@@ -14,6 +14,15 @@ FASTPROXY = "fastproxy"
 RELAY = "byte-relay"
 TARGETS: tuple[str, ...] = (DIRECT, NGINX, RELAY, FASTPROXY)
 
+# The retry case: its own targets, in front of benchmarks/flaky_app.py rather than nginx.
+RETRY_CASE = "small-c50-retry"
+FASTPROXY_HEALTHY = "fastproxy-healthy"  # no policy, app never fails: the baseline
+FASTPROXY_RETRY = "fastproxy-retry"  # retry policy, app fails every 3rd request
+NGINX_RETRY = "nginx-retry"  # proxy_next_upstream http_503, same failing app
+RETRY_TARGETS: tuple[str, ...] = (FASTPROXY_HEALTHY, FASTPROXY_RETRY, NGINX_RETRY)
+# The policy's maxRetries (run.RESILIENCY_YAML), for the expected figures in the verdict.
+RETRY_MAX_RETRIES = 3
+
 # The issue's bar, checked on the small-body, 50-connection case.
 VERDICT_CASE = "small-c50"
 RPS_MIN_RATIO = 0.8
@@ -51,6 +60,12 @@ class Measurement:
     # explain (other workloads, plus some kernel networking time), a noise indicator.
     system_busy_cores: float | None = None
     other_cores: float | None = None
+    # Retry case only (flaky_app's /_stats around the measured run): requests the app
+    # received, how many it failed on purpose, connections it accepted, and its --fail-every.
+    app_requests: int | None = None
+    app_failed: int | None = None
+    app_connections: int | None = None
+    app_fail_every: int | None = None
     error: str | None = None
     wrk_output: str = ""
 
@@ -178,10 +193,20 @@ def table_rows(measurements: Sequence[Measurement]) -> list[list[str]]:
     return rows
 
 
+def _columns_and_rows(
+    measurements: Sequence[Measurement],
+) -> tuple[tuple[str, ...], list[list[str]]]:
+    """The retry case has a table of its own; every other case the common one."""
+    if measurements and all(m.case == RETRY_CASE for m in measurements):
+        return RETRY_COLUMNS, retry_table_rows(measurements)
+    return COLUMNS, table_rows(measurements)
+
+
 def format_text_table(measurements: Sequence[Measurement]) -> str:
     """Fixed-width table for the terminal; numbers right-aligned."""
-    rows = [list(COLUMNS), *table_rows(measurements)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    columns, body = _columns_and_rows(measurements)
+    rows = [list(columns), *body]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
 
     def fmt(row: list[str]) -> str:
         cells = [row[0].ljust(widths[0])] + [
@@ -195,15 +220,183 @@ def format_text_table(measurements: Sequence[Measurement]) -> str:
 
 def format_markdown_table(measurements: Sequence[Measurement]) -> str:
     """GitHub-flavoured Markdown table with the same cells as the terminal table."""
-    head = "| " + " | ".join(COLUMNS) + " |"
-    align = "|" + "|".join([":---"] + ["---:"] * (len(COLUMNS) - 1)) + "|"
-    body = ["| " + " | ".join(r) + " |" for r in table_rows(measurements)]
+    columns, rows = _columns_and_rows(measurements)
+    head = "| " + " | ".join(columns) + " |"
+    align = "|" + "|".join([":---"] + ["---:"] * (len(columns) - 1)) + "|"
+    body = ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join([head, align, *body])
 
 
 def case_title(m: Measurement, duration_s: float) -> str:
     """Heading for one case, e.g. ``small-c50: 13 B body, 50 connections, 10 s``."""
-    return (
+    title = (
         f"{m.case}: {m.size_bytes} B body, {m.connections} connection"
         f"{'s' if m.connections != 1 else ''}, {duration_s:g} s"
     )
+    if m.case == RETRY_CASE:
+        title += "; app: benchmarks/flaky_app.py"
+    return title
+
+
+# --------------------------------------------------------------------------- retry case
+
+
+def client_errors(m: Measurement) -> int:
+    """What the client saw go wrong: wrk's non-2xx/3xx responses plus its socket errors."""
+    return m.non_2xx_3xx + m.socket_errors
+
+
+def app_requests_per_request(m: Measurement) -> float | None:
+    """Requests the app received per request wrk completed (1.5 when every 3rd is retried
+    once; a bit more when a retry fails again)."""
+    return ratio(None if m.app_requests is None else float(m.app_requests), float(m.requests))
+
+
+def fail_every_label(fail_every: int | None) -> str:
+    """How often the app fails, for the table: ``1 in 3``, ``never`` or ``-``."""
+    if fail_every is None:
+        return "-"
+    return "never" if fail_every == 0 else f"1 in {fail_every}"
+
+
+def expected_retry_figures(fail_every: int, max_retries: int) -> tuple[float, float]:
+    """(share of client requests that fail every attempt, app requests per client request)
+    when each attempt fails with probability 1/fail_every independently of the earlier ones.
+
+    That is what a global every-N-th counter under many concurrent connections looks like
+    to a single request: where its retry lands among the others' requests is arbitrary. With
+    N = 3 and 3 retries: (1/3)^4 = 1.23 % of requests fail all 4 attempts and the app gets
+    1 + 1/3 + 1/9 + 1/27 = 1.481 requests per request. (With one connection the pattern is
+    strict and a retry never fails: 0 %, 1.5.)
+    """
+    if fail_every <= 0:
+        return 0.0, 1.0
+    p = 1.0 / fail_every
+    return p ** (max_retries + 1), sum(p**k for k in range(max_retries + 1))
+
+
+@dataclass(frozen=True)
+class RetryVerdict:
+    """The retry case's bar: PASS when fastproxy-retry shows the client no error at all.
+
+    ``rps_cost`` is fastproxy-retry rps / fastproxy-healthy rps ("rps cost of retries"),
+    ``app_ratio`` the app's received requests per client request under fastproxy-retry.
+    """
+
+    status: str
+    message: str
+    client_errors: int | None = None
+    rps_cost: float | None = None
+    app_ratio: float | None = None
+
+
+def retry_verdict(
+    measurements: Sequence[Measurement],
+    case: str = RETRY_CASE,
+    max_retries: int = RETRY_MAX_RETRIES,
+) -> RetryVerdict:
+    """PASS iff fastproxy-retry completed its run with 0 client-visible errors.
+
+    The message also gives the error share and app requests per request that independent
+    failures would predict (expected_retry_figures), to tell a policy that retries as
+    configured from one that does not.
+    """
+    ok = _by_target(m for m in measurements if m.case == case)
+    fp = ok.get(FASTPROXY_RETRY)
+    if fp is None:
+        return RetryVerdict("SKIPPED", f"{case}: no successful run of {FASTPROXY_RETRY}")
+    healthy = ok.get(FASTPROXY_HEALTHY)
+    errors = client_errors(fp)
+    cost = ratio(fp.rps, healthy.rps if healthy else None)
+    app_r = app_requests_per_request(fp)
+    status = "PASS" if errors == 0 and fp.requests > 0 else "FAIL"
+    if cost is not None and healthy is not None:
+        cost_text = (
+            f"rps cost of retries {cost:.2f} ({FASTPROXY_RETRY} {fp.rps:,.0f} rps / "
+            f"{FASTPROXY_HEALTHY} {healthy.rps:,.0f} rps)"
+        )
+    else:
+        cost_text = f"rps cost of retries - (no successful {FASTPROXY_HEALTHY} run)"
+    share = ratio(float(errors), float(fp.requests))
+    msg = (
+        f"{case}: {FASTPROXY_RETRY} {errors} client-visible errors "
+        f"({fp.non_2xx_3xx} non-2xx/3xx, {fp.socket_errors} socket) in {fp.requests:,} "
+        f"requests = {_f(None if share is None else share * 100, '.2f')} % "
+        f"(need 0: {'ok' if status == 'PASS' else 'NO'}); {cost_text}; app received "
+        f"{_f(app_r, '.3f')} requests per client request"
+    )
+    if fp.app_fail_every:
+        exp_share, exp_ratio = expected_retry_figures(fp.app_fail_every, max_retries)
+        msg += (
+            f" (if each attempt failed 1 in {fp.app_fail_every} independently: "
+            f"{exp_share * 100:.2f} % errors, {exp_ratio:.3f} requests per request)"
+        )
+    ng = ok.get(NGINX_RETRY)
+    if ng is not None:
+        msg += (
+            f"; {NGINX_RETRY}: {client_errors(ng)} errors, {ng.rps or 0:,.0f} rps, "
+            f"{_f(app_requests_per_request(ng), '.3f')} app requests per request"
+        )
+    return RetryVerdict(status, msg, errors, cost, app_r)
+
+
+RETRY_COLUMNS: tuple[str, ...] = (
+    "target",
+    "app fails",
+    "rps",
+    "rps/healthy",
+    "p50 ms",
+    "p99 ms",
+    "proxy us/req",
+    "app us/req",
+    "non-2xx",
+    "sock err",
+    "app req/req",
+    "app conns",
+)
+
+
+def retry_table_rows(measurements: Sequence[Measurement]) -> list[list[str]]:
+    """One row per target of the retry case, in RETRY_COLUMNS order.
+
+    ``rps/healthy`` is relative to fastproxy-healthy (for fastproxy-retry: the rps cost of
+    retries); ``app us/req`` and ``app req/req`` are per request the client completed.
+    """
+    healthy = _by_target(measurements).get(FASTPROXY_HEALTHY)
+    rows: list[list[str]] = []
+    for m in measurements:
+        if m.error is not None:
+            rows.append(
+                [m.target, fail_every_label(m.app_fail_every), "ERROR"]
+                + ["-"] * (len(RETRY_COLUMNS) - 3)
+            )
+            continue
+        rows.append(
+            [
+                m.target,
+                fail_every_label(m.app_fail_every),
+                _f(m.rps, ",.0f"),
+                _f(ratio(m.rps, healthy.rps if healthy else None), ".2f"),
+                _f(m.p50_ms, ".3f"),
+                _f(m.p99_ms, ".3f"),
+                _f(m.proxy_cpu_us_per_req, ".1f"),
+                _f(m.upstream_cpu_us_per_req, ".1f"),
+                str(m.non_2xx_3xx),
+                str(m.socket_errors),
+                _f(app_requests_per_request(m), ".3f"),
+                "-" if m.app_connections is None else str(m.app_connections),
+            ]
+        )
+    return rows
+
+
+def retry_figures(m: Measurement, measurements: Sequence[Measurement]) -> dict[str, object]:
+    """The retry case's derived figures of one run, for the JSON (None for a failed run)."""
+    if m.error is not None:
+        return {"client_errors": None, "rps_vs_healthy": None, "app_requests_per_request": None}
+    healthy = _by_target(measurements).get(FASTPROXY_HEALTHY)
+    return {
+        "client_errors": client_errors(m),
+        "rps_vs_healthy": ratio(m.rps, healthy.rps if healthy else None),
+        "app_requests_per_request": app_requests_per_request(m),
+    }

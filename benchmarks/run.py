@@ -16,6 +16,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import subprocess
@@ -47,8 +48,14 @@ from benchmarks.procstat import (  # noqa: E402
 from benchmarks.report import (  # noqa: E402
     DIRECT,
     FASTPROXY,
+    FASTPROXY_HEALTHY,
+    FASTPROXY_RETRY,
     NGINX,
+    NGINX_RETRY,
     RELAY,
+    RETRY_CASE,
+    RETRY_MAX_RETRIES,
+    RETRY_TARGETS,
     TARGETS,
     Measurement,
 )
@@ -59,8 +66,12 @@ APP_ID = "bench"
 INVOKE_PREFIX = f"/v1.0/invoke/{APP_ID}/method"
 SIZES_ORDER: tuple[str, ...] = ("small", "4k", "64k")
 CONNECTIONS_ORDER: tuple[int, ...] = (50, 1)
-ALL_CASES: tuple[str, ...] = tuple(f"{s}-c{c}" for s in SIZES_ORDER for c in CONNECTIONS_ORDER)
-QUICK_CASES: tuple[str, ...] = ("small-c50", "small-c1", "64k-c50")
+PLAIN_CASES: tuple[str, ...] = tuple(f"{s}-c{c}" for s in SIZES_ORDER for c in CONNECTIONS_ORDER)
+# The retry case (small-c50 against benchmarks/flaky_app.py, see start_retry_targets) runs
+# last, with its own targets: RETRY_CASE_TARGETS.
+ALL_CASES: tuple[str, ...] = (*PLAIN_CASES, RETRY_CASE)
+QUICK_CASES: tuple[str, ...] = ("small-c50", "small-c1", "64k-c50", RETRY_CASE)
+_CASE_RE = re.compile(r"^(?P<size>[^-]+)-c(?P<conns>\d+)(?:-(?P<variant>[a-z]+))?$")
 DEFAULT_DURATION_S = 10
 QUICK_DURATION_S = 3
 TARGET_ALIASES: dict[str, str] = {
@@ -88,6 +99,34 @@ NOISE_WARN_CORES = 0.5
 # Rough per-run overhead (process polling, sanity request, pauses) for the time estimate.
 PER_RUN_OVERHEAD_S = 0.5
 STARTUP_OVERHEAD_S = 5.0
+
+# The retry case: the app fails every RETRY_FAIL_EVERY-th request with 503, and the
+# fastproxy-retry sidecar loads this Resiliency resource (retry 503s up to 3 times at once).
+RETRY_FAIL_EVERY = 3
+RESILIENCY_YAML = f"""\
+apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata:
+  name: bench
+spec:
+  policies:
+    retries:
+      threeTimes:
+        policy: constant
+        duration: 0s
+        maxRetries: {RETRY_MAX_RETRIES}
+        matching:
+          httpStatusCodes: "503"
+  targets:
+    apps:
+      {APP_ID}:
+        retry: threeTimes
+"""
+# Which of --targets bring which rows to the retry case.
+RETRY_CASE_TARGETS: dict[str, tuple[str, ...]] = {
+    FASTPROXY: (FASTPROXY_HEALTHY, FASTPROXY_RETRY),
+    NGINX: (NGINX_RETRY,),
+}
 
 
 class BenchError(RuntimeError):
@@ -196,9 +235,34 @@ def select_targets(spec: str) -> list[str]:
 
 
 def split_case(case: str) -> tuple[str, int]:
-    """'64k-c50' -> ('64k', 50)."""
-    size, conns = case.rsplit("-c", 1)
-    return size, int(conns)
+    """'64k-c50' -> ('64k', 50); 'small-c50-retry' -> ('small', 50)."""
+    m = _CASE_RE.match(case)
+    if m is None:
+        raise ValueError(f"not a case name: {case!r}")
+    return m["size"], int(m["conns"])
+
+
+def case_targets(case: str, targets: Sequence[str]) -> list[str]:
+    """The rows of ``case``: the selected targets, or for the retry case the ones they bring
+    (fastproxy: fastproxy-healthy and fastproxy-retry; nginx-proxy: nginx-retry)."""
+    if case != RETRY_CASE:
+        return list(targets)
+    chosen = {row for t in targets for row in RETRY_CASE_TARGETS.get(t, ())}
+    return [row for row in RETRY_TARGETS if row in chosen]
+
+
+def count_runs(cases: Sequence[str], targets: Sequence[str]) -> int:
+    """Measured runs of (case, row) pairs, for the time estimate and the progress counter."""
+    return sum(len(case_targets(c, targets)) for c in cases)
+
+
+def plan_summary(cases: Sequence[str], targets: Sequence[str]) -> str:
+    """'6 cases x 4 targets + small-c50-retry x 3 = 27 runs', printed before the estimate."""
+    plain = [c for c in cases if c != RETRY_CASE]
+    parts = [f"{len(plain)} cases x {len(targets)} targets"] if plain else []
+    if RETRY_CASE in cases:
+        parts.append(f"{RETRY_CASE} x {len(case_targets(RETRY_CASE, targets))}")
+    return f"{' + '.join(parts)} = {count_runs(cases, targets)} runs"
 
 
 # --------------------------------------------------------------------------- tools
@@ -286,6 +350,14 @@ class Target:
     prefix: str
     proxy: ManagedProcess | None
     extra_logs: list[Path] = field(default_factory=list)
+    # The app behind it when that is not the common nginx upstream (retry case: a
+    # flaky_app, whose /_stats counters are read around the run), and its --fail-every.
+    app: ManagedProcess | None = None
+    app_port: int = 0
+    app_fail_every: int | None = None
+    # Retry case: client-visible errors are the figure being measured, so they are
+    # counted and reported instead of failing the run.
+    count_errors: bool = False
 
     def path(self, size: str) -> str:
         """Request path for a response size, e.g. /v1.0/invoke/bench/method/4k."""
@@ -412,6 +484,13 @@ class Bench:
 
     def start_fastproxy(self) -> Target:
         """fastproxy as the sidecar of app 'bench', invoking itself (one process)."""
+        proc, port = self._start_fastproxy(FASTPROXY, self.upstream_port, [], "fastproxy.log")
+        return Target(FASTPROXY, port, INVOKE_PREFIX, proc)
+
+    def _start_fastproxy(
+        self, name: str, app_port: int, extra: Sequence[str], log_name: str
+    ) -> tuple[ManagedProcess, int]:
+        """Start one fastproxy for app 'bench' on ``app_port``; return it and its HTTP port."""
         help_text = self.fastproxy_help()
         port = free_port()
         argv = [
@@ -421,24 +500,109 @@ class Bench:
             "--app-id",
             APP_ID,
             "--app-port",
-            str(self.upstream_port),
+            str(app_port),
             "--dapr-http-port",
             str(port),
             "--dapr-listen-addresses",
             "127.0.0.1",
             "--log-level",
             "warn",
+            *extra,
         ]
         for flag in FASTPROXY_PORT_FLAGS:
             if flag in help_text and flag not in self.args.fastproxy_arg:
                 argv += [flag, str(free_port())]
         argv += self.args.fastproxy_arg
-        proc = self.registry.start(FASTPROXY, argv, self.tmp, self.tmp / "fastproxy.log")
+        proc = self.registry.start(name, argv, self.tmp, self.tmp / log_name)
         try:
             wait_ready(proc, port, "/v1.0/healthz", 204, READY_TIMEOUT_S)
         except BenchError as exc:
             raise BenchError(f"{exc}\ncommand: {' '.join(argv)}\n{proc.log_tail()}") from None
-        return Target(FASTPROXY, port, INVOKE_PREFIX, proc)
+        return proc, port
+
+    def start_flaky_app(self, name: str, fail_every: int) -> tuple[ManagedProcess, int]:
+        """benchmarks/flaky_app.py on a free port, failing every ``fail_every``-th request."""
+        port = free_port()
+        argv = [
+            *self._pin(0),
+            sys.executable,
+            str(Path(__file__).with_name("flaky_app.py")),
+            str(port),
+            "--fail-every",
+            str(fail_every),
+        ]
+        proc = self.registry.start(name, argv, self.tmp, self.tmp / f"{name}.log")
+        try:
+            wait_ready(proc, port, "/_stats", 200, READY_TIMEOUT_S)  # not counted by the app
+        except BenchError as exc:
+            raise BenchError(f"{exc}\n{proc.log_tail()}") from None
+        return proc, port
+
+    def start_retry_targets(self, rows: Sequence[str]) -> tuple[dict[str, Target], dict[str, str]]:
+        """The retry case's ``rows`` (RETRY_CASE_TARGETS), each in front of a flaky_app.
+
+        fastproxy-healthy: plain fastproxy, app never fails (the baseline). fastproxy-retry:
+        fastproxy with RESILIENCY_YAML in a --resources-path folder, app fails every 3rd
+        request. nginx-retry: nginx_conf.retry_proxy_conf in front of that same failing app.
+        Returns the targets that started and, per row, why one did not.
+        """
+        targets: dict[str, Target] = {}
+        errors: dict[str, str] = {}
+        apps: dict[int, tuple[ManagedProcess, int]] = {}
+        for fail_every in sorted({0 if r == FASTPROXY_HEALTHY else RETRY_FAIL_EVERY for r in rows}):
+            name = "flaky-app-healthy" if fail_every == 0 else "flaky-app-failing"
+            try:
+                apps[fail_every] = self.start_flaky_app(name, fail_every)
+            except BenchError as exc:
+                for row in rows:
+                    if (row == FASTPROXY_HEALTHY) == (fail_every == 0):
+                        errors[row] = f"could not start {name} for {row}: {exc}"
+        for row in rows:
+            if row in errors:
+                continue
+            fail_every = 0 if row == FASTPROXY_HEALTHY else RETRY_FAIL_EVERY
+            app, app_port = apps[fail_every]
+            try:
+                targets[row] = self._start_retry_row(row, app, app_port, fail_every)
+            except BenchError as exc:
+                errors[row] = f"could not start {row}: {exc}"
+        return targets, errors
+
+    def _start_retry_row(
+        self, row: str, app: ManagedProcess, app_port: int, fail_every: int
+    ) -> Target:
+        common: dict[str, Any] = {
+            "app": app,
+            "app_port": app_port,
+            "app_fail_every": fail_every,
+        }
+        if row == NGINX_RETRY:
+            proc, port = self._start_nginx(
+                nginx_conf.RETRY_PROXY,
+                lambda p: nginx_conf.retry_proxy_conf(self.tmp, p, app_port, self.as_root),
+                f"{INVOKE_PREFIX}/small",
+                self._pin(0),
+            )
+            err_log = nginx_conf.error_log(self.tmp, nginx_conf.RETRY_PROXY)
+            return Target(
+                row, port, INVOKE_PREFIX, proc, [err_log, app.log_path], count_errors=True, **common
+            )
+        extra: list[str] = []
+        if row == FASTPROXY_RETRY:
+            resources = self.tmp / "resources-retry"
+            resources.mkdir(exist_ok=True)
+            (resources / "resiliency.yaml").write_text(RESILIENCY_YAML)
+            extra = ["--resources-path", str(resources)]
+        proc, port = self._start_fastproxy(row, app_port, extra, f"{row}.log")
+        return Target(
+            row,
+            port,
+            INVOKE_PREFIX,
+            proc,
+            [app.log_path],
+            count_errors=row == FASTPROXY_RETRY,
+            **common,
+        )
 
     def start_relay(self) -> Target:
         """The bare uvloop byte relay: what the kernel and event loop cost with no HTTP work.
@@ -492,7 +656,7 @@ class Bench:
         return res.stdout, cpu_s
 
     def _check_alive(self, target: Target) -> None:
-        for proc in (target.proxy, self.upstream):
+        for proc in (target.proxy, target.app or self.upstream):
             if proc is not None and not proc.alive():
                 raise BenchError(
                     f"{proc.name} exited with code {proc.popen.returncode}\n"
@@ -500,17 +664,39 @@ class Bench:
                 )
 
     def _sanity_check(self, target: Target, size: str) -> None:
-        """Refuse to benchmark a target that returns the wrong thing."""
+        """Refuse to benchmark a target that returns the wrong thing.
+
+        A target whose errors are counted (retry case) may answer an error here too, as it
+        may under load: it passes when one of RETRY_FAIL_EVERY tries is the right 200, and
+        the errors are left to the measured run to count.
+        """
         want = nginx_conf.body_for(size)
+        tries = RETRY_FAIL_EVERY if target.count_errors else 1
+        for i in range(tries):
+            try:
+                status, body = http_get(target.port, target.path(size))
+            except (OSError, http.client.HTTPException) as exc:
+                raise BenchError(f"GET {target.url(size)} failed: {exc}") from None
+            if status == 200 and body == want:
+                return
+            if status == 200 or i == tries - 1:
+                raise BenchError(
+                    f"GET {target.url(size)} -> HTTP {status}, {len(body)} B body "
+                    f"(want 200 and the {len(want)} B upstream body)"
+                )
+
+    def _app_stats(self, target: Target) -> dict[str, int] | None:
+        """flaky_app's counters (GET /_stats, which it does not count), or None for nginx."""
+        if not target.app_port:
+            return None
         try:
-            status, body = http_get(target.port, target.path(size))
-        except (OSError, http.client.HTTPException) as exc:
-            raise BenchError(f"GET {target.url(size)} failed: {exc}") from None
-        if status != 200 or body != want:
-            raise BenchError(
-                f"GET {target.url(size)} -> HTTP {status}, {len(body)} B body "
-                f"(want 200 and the {len(want)} B upstream body)"
-            )
+            status, body = http_get(target.app_port, "/_stats")
+            stats = json.loads(body) if status == 200 else None
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise BenchError(f"GET /_stats of {target.name}'s app failed: {exc}") from None
+        if not isinstance(stats, dict):
+            raise BenchError(f"GET /_stats of {target.name}'s app -> HTTP {status}: {body!r}")
+        return {k: int(v) for k, v in stats.items()}
 
     def measure(self, target: Target, case: str) -> Measurement:
         """Warm up, then one measured wrk run with CPU sampled around it."""
@@ -522,26 +708,34 @@ class Bench:
             connections=conns,
             target=target.name,
             url=target.url(size),
+            app_fail_every=target.app_fail_every,
         )
-        assert self.upstream is not None
+        app = target.app or self.upstream
+        assert app is not None
         try:
             self._check_alive(target)
             self._sanity_check(target, size)
             if self.args.warmup > 0:
                 warm_out, _ = self._wrk(m.url, conns, self.args.warmup)
                 warm = parse_wrk_output(warm_out)
-                if not warm.ok:
+                if not warm.ok and not (target.count_errors and warm.requests):
                     raise BenchError(f"warm-up: {warm.error_summary()}\n{warm_out}")
+            stats0 = self._app_stats(target)
             sys0, t0 = read_system_cpu(), time.monotonic()
             proxy0 = target.proxy.cpu_ticks() if target.proxy else None
-            up0 = self.upstream.cpu_ticks()
+            up0 = app.cpu_ticks()
             out, wrk_cpu_s = self._wrk(m.url, conns, self.args.duration)
-            up1 = self.upstream.cpu_ticks()
+            up1 = app.cpu_ticks()
             proxy1 = target.proxy.cpu_ticks() if target.proxy else None
             sys1, t1 = read_system_cpu(), time.monotonic()
+            stats1 = self._app_stats(target)
             m.wrk_output = out
             result = parse_wrk_output(out)
             self._fill(m, result)
+            if stats0 is not None and stats1 is not None:
+                m.app_requests = stats1["requests"] - stats0["requests"]
+                m.app_failed = stats1["failed"] - stats0["failed"]
+                m.app_connections = stats1["connections"] - stats0["connections"]
             m.upstream_cpu_ticks = (up1 - up0).total
             m.upstream_cpu_us_per_req = cpu_us_per_request(
                 m.upstream_cpu_ticks, result.requests, self.clk_tck
@@ -558,7 +752,7 @@ class Bench:
                 ours_s = ((m.proxy_cpu_ticks or 0) + m.upstream_cpu_ticks) / self.clk_tck
                 m.system_busy_cores = (sys1 - sys0).busy / self.clk_tck / wall
                 m.other_cores = m.system_busy_cores - (ours_s + wrk_cpu_s) / wall
-            if not result.ok:
+            if not result.ok and not (target.count_errors and result.requests):
                 raise BenchError(f"{result.error_summary()}\n{out}")
             self._check_alive(target)
         except (BenchError, WrkParseError) as exc:
@@ -700,7 +894,12 @@ def render_markdown(doc: dict[str, Any], measurements: Sequence[Measurement]) ->
             report.format_markdown_table(ms),
             "",
         ]
+        if ms[0].case == RETRY_CASE:
+            lines += [RETRY_CASE_NOTE, ""]
     lines += [f"**Verdict: {v['status']}** - {v['message']}", ""]
+    rv = doc.get("retry_verdict")
+    if rv is not None:
+        lines += [f"**Retry verdict: {rv['status']}** - {rv['message']}", ""]
     start_errors: dict[str, str] = doc["start_errors"]
     errors = [m for m in measurements if m.error and m.target not in start_errors]
     if start_errors or errors:
@@ -710,6 +909,22 @@ def render_markdown(doc: dict[str, Any], measurements: Sequence[Measurement]) ->
         for m in errors:
             lines += [f"- {m.case} {m.target}:", "", "```", (m.error or "").strip(), "```", ""]
     return "\n".join(lines)
+
+
+RETRY_CASE_NOTE = (
+    f"{RETRY_CASE}: wrk -c50 on /small through each proxy to benchmarks/flaky_app.py "
+    f"(uvloop + httptools). {FASTPROXY_HEALTHY}: plain fastproxy, app never fails. "
+    f"{FASTPROXY_RETRY}: fastproxy with a Resiliency retry policy (constant, 0s, maxRetries 3, "
+    f"on 503), app answers every {RETRY_FAIL_EVERY}rd request it receives with 503. "
+    f"{NGINX_RETRY}: nginx with proxy_next_upstream error timeout http_503 non_idempotent, "
+    f"proxy_next_upstream_tries {nginx_conf.RETRY_TRIES}, same failing app. rps/healthy: rps "
+    f"relative to {FASTPROXY_HEALTHY} (for {FASTPROXY_RETRY}: the rps cost of retries). "
+    "non-2xx and sock err: what the client saw fail (wrk). app req/req: requests the app "
+    "received per request the client completed (1.5 if no retry ever fails; 1.481, with "
+    "1.23 % of requests failing all 4 attempts, if each attempt fails 1 in 3 at random, as "
+    "50 concurrent connections make it); app conns: connections the app accepted during the "
+    "run. us/req figures are per client request."
+)
 
 
 def save(doc: dict[str, Any], markdown: str, outdir: Path) -> tuple[Path, Path]:
@@ -724,7 +939,8 @@ def save(doc: dict[str, Any], markdown: str, outdir: Path) -> tuple[Path, Path]:
 
 
 def _progress(i: int, n: int, m: Measurement) -> str:
-    head = f"[{i}/{n}] {m.case:<10} {m.target:<12}"
+    width = 17 if m.case == RETRY_CASE else 12  # the retry case's row names are longer
+    head = f"[{i}/{n}] {m.case:<10} {m.target:<{width}}"
     if m.error:
         return f"{head} ERROR: {m.error.splitlines()[0]}"
     cpu = f"  proxy {m.proxy_cpu_us_per_req:.1f} us/req" if m.proxy_cpu_us_per_req else ""
@@ -732,7 +948,15 @@ def _progress(i: int, n: int, m: Measurement) -> str:
     noise = ""
     if m.other_cores is not None and m.other_cores > NOISE_WARN_CORES:
         noise = f"  [noise: {m.other_cores:.2f} cores busy outside the benchmark]"
-    return f"{head} {m.rps or 0:>10,.0f} rps  p99 {p99} ms{cpu}{noise}"
+    retry = ""
+    if m.case == RETRY_CASE:
+        app_r = report.app_requests_per_request(m)
+        retry = f"  errors {report.client_errors(m)}  app req/req {_f3(app_r)}"
+    return f"{head} {m.rps or 0:>10,.0f} rps  p99 {p99} ms{cpu}{retry}{noise}"
+
+
+def _f3(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 # --------------------------------------------------------------------------- main
@@ -742,11 +966,13 @@ def run(args: argparse.Namespace) -> int:
     """Start servers, measure every (case, target), report and save; return exit code."""
     wrk, nginx = ensure_tools()
     started = dt.datetime.now(dt.UTC)
-    n_runs = len(args.case_list) * len(args.target_list)
+    n_runs = count_runs(args.case_list, args.target_list)
     est = estimate_seconds(n_runs, args.duration, args.warmup)
+    plain = [c for c in args.case_list if c != RETRY_CASE]
+    retry_rows = case_targets(RETRY_CASE, args.target_list) if RETRY_CASE in args.case_list else []
     print(
-        f"{len(args.case_list)} cases x {len(args.target_list)} targets = {n_runs} runs of "
-        f"{args.warmup:g}+{args.duration:g} s; estimated {est:.0f} s (~{est / 60:.1f} min)",
+        f"{plan_summary(args.case_list, args.target_list)} of {args.warmup:g}+{args.duration:g}"
+        f" s; estimated {est:.0f} s (~{est / 60:.1f} min)",
         flush=True,
     )
     machine = machine_info(wrk, nginx)
@@ -768,14 +994,22 @@ def run(args: argparse.Namespace) -> int:
         for name, start in starters.items():
             if name not in args.target_list:
                 continue
+            if not plain:
+                break  # only the retry case: its rows start their own proxies
             try:
                 targets[name] = start()
             except BenchError as exc:
                 target_errors[name] = f"could not start {name}: {exc}"
                 print(f"ERROR: {target_errors[name]}\n", file=sys.stderr, flush=True)
+        if retry_rows:
+            started_rows, row_errors = bench.start_retry_targets(retry_rows)
+            targets.update(started_rows)
+            for name, err in row_errors.items():
+                target_errors[name] = err
+                print(f"ERROR: {err}\n", file=sys.stderr, flush=True)
         i = 0
         for case in args.case_list:
-            for name in args.target_list:
+            for name in case_targets(case, args.target_list):
                 i += 1
                 if name in targets:
                     m = bench.measure(targets[name], case)
@@ -792,7 +1026,9 @@ def run(args: argparse.Namespace) -> int:
 
     elapsed = (dt.datetime.now(dt.UTC) - started).total_seconds()
     v = report.verdict(measurements)
-    ratios = {case: report.case_ratios(ms) for case, ms in group_by_case(measurements).items()}
+    rv = report.retry_verdict(measurements) if RETRY_CASE in args.case_list else None
+    by_case = group_by_case(measurements)
+    ratios = {case: report.case_ratios(ms) for case, ms in by_case.items()}
     doc: dict[str, Any] = {
         "schema": 1,
         "timestamp_utc": started.isoformat(timespec="seconds"),
@@ -816,12 +1052,24 @@ def run(args: argparse.Namespace) -> int:
             {
                 **dataclasses.asdict(m),
                 "ratios": dataclasses.asdict(ratios[m.case][m.target]),
+                **(
+                    {"retry": report.retry_figures(m, by_case[m.case])}
+                    if m.case == RETRY_CASE
+                    else {}
+                ),
             }
             for m in measurements
         ],
         "verdict": dataclasses.asdict(v),
+        "retry_verdict": dataclasses.asdict(rv) if rv is not None else None,
         "start_errors": target_errors,
     }
+    if RETRY_CASE in args.case_list:
+        doc["parameters"]["retry_case"] = {
+            "app_fail_every": RETRY_FAIL_EVERY,
+            "resiliency_yaml": RESILIENCY_YAML,
+            "nginx_retry_tries": nginx_conf.RETRY_TRIES,
+        }
     markdown = render_markdown(doc, measurements)
 
     print()
@@ -830,6 +1078,8 @@ def run(args: argparse.Namespace) -> int:
         print(report.format_text_table(ms))
         print()
     print(f"VERDICT {v.status}: {v.message}")
+    if rv is not None:
+        print(f"RETRY VERDICT {rv.status}: {rv.message}")
     print(f"elapsed {elapsed:.0f} s (estimated {est:.0f} s)")
     if not args.no_save:
         jpath, mpath = save(doc, markdown, args.output)

@@ -2,7 +2,7 @@
 
 The protocol object is its own parser callback target. It owns bytes,
 limits, keep-alive and pipelining order; each request becomes an exchange
-(`forwarder.Exchange` or `LocalReply`) that owns that one request. Only the
+(`exchange.Exchange` or `LocalReply`) that owns that one request. Only the
 head of the queue produces a response; later pipelined requests wait, with
 reading paused, so memory stays bounded.
 """

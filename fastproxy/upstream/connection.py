@@ -9,7 +9,10 @@ upstream will keep open, after the whole request was written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import socket
+import struct
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpResponseParser
@@ -79,6 +82,8 @@ _PLAIN_CONNECTION_VALUES: Final = frozenset(
 _HEAD_END: Final = b"\r\n\r\n"
 # The most response-head bytes read before the head must have ended.
 MAX_RESPONSE_HEAD: Final = 1024 * 1024
+# SO_LINGER on, zero seconds: closing the socket sends a reset.
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
 # Request data buffered towards the upstream before reading from the client pauses.
 WRITE_HIGH_WATER: Final = 64 * 1024
 
@@ -98,7 +103,7 @@ CLOSED: Final = ConnectionState.CLOSED
 
 
 class Client(Protocol):
-    """What a connection needs from the exchange it serves (`forwarder.Exchange`)."""
+    """What a connection needs from the exchange it serves (`exchange.Exchange`)."""
 
     client: asyncio.Transport
     is_head: bool
@@ -439,9 +444,18 @@ class UpstreamConnection(asyncio.Protocol):
         if transport is not None and self.state is ACTIVE:
             transport.writelines(parts)
 
-    def abandon(self) -> None:
-        """Close without telling the exchange: it already knows why."""
+    def abandon(self, reset: bool = False) -> None:
+        """Close without telling the exchange: it already knows why.
+
+        `reset` sends a TCP reset instead of a clean close, so the upstream
+        (another sidecar, say) sees the call cancelled rather than a half-close.
+        """
         self.exchange = None
+        if reset and self.state is not CLOSED and self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         self.close()
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ from fastproxy.wire import Clock
 
 
 class Waiter(Protocol):
-    """An exchange waiting for a connection (`forwarder.Exchange`)."""
+    """An exchange waiting for a connection (`exchange.Exchange`)."""
 
     def attach(self, conn: UpstreamConnection) -> None: ...
     def connect_failed(self, reason: str) -> None: ...

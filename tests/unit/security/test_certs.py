@@ -30,8 +30,9 @@ def _load(pem: bytes) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem)
 
 
-def _policy(ca_pem: bytes, at: dt.datetime = NOW) -> PolicyBuilder:
-    return PolicyBuilder().store(Store([_load(ca_pem)])).time(at)
+def _policy(ca_pem: bytes, at: dt.datetime | None = None) -> PolicyBuilder:
+    # Verified at the real time of the check (the suite may run long after import).
+    return PolicyBuilder().store(Store([_load(ca_pem)])).time(at or dt.datetime.now(dt.UTC))
 
 
 # --- the leaf --------------------------------------------------------------------------

@@ -1,0 +1,227 @@
+"""A small, fast app that fails on purpose: the upstream of `run.py`'s retry case.
+
+    python benchmarks/flaky_app.py PORT [--fail-every N]
+
+It answers ``GET /small`` like the benchmark's nginx app (200, ``text/plain``,
+``hello, world\\n``), except that every N-th request it receives (one counter for the
+whole process, over all connections, so exactly one in N) gets a 503 with a short body
+instead. ``--fail-every 0`` never fails: the healthy baseline on the same server code.
+Other paths get 404 (they count, and fail, like any request).
+
+``GET /_stats`` is not counted and never fails: it returns the counters as JSON,
+``{"requests": .., "failed": .., "connections": ..}`` (requests received, 503s sent,
+connections accepted), so the harness can read how many requests a client call cost.
+
+One process, asyncio.Protocol on uvloop with httptools: keep-alive, pipelining-safe (answers
+are written in request order; all answers to one read go out in one write), HTTP/1.0 and
+``Connection: close`` honoured, reading paused while the socket's send buffer is full.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from email.utils import formatdate
+from typing import cast
+
+import httptools
+import uvloop
+
+SMALL_BODY = b"hello, world\n"  # = nginx_conf.SMALL_BODY, kept import-free for a fast start
+FAIL_BODY = b"flaky_app: failing on purpose\n"
+STATS_PATH = b"/_stats"
+SMALL_PATH = b"/small"
+
+
+def response(status: bytes, body: bytes, content_type: bytes, date: bytes, close: bool) -> bytes:
+    """A complete HTTP/1.1 response with a Content-Length body."""
+    return b"".join(
+        (
+            b"HTTP/1.1 ",
+            status,
+            b"\r\nServer: flaky_app\r\nDate: ",
+            date,
+            b"\r\nContent-Type: ",
+            content_type,
+            b"\r\nContent-Length: ",
+            str(len(body)).encode(),
+            b"\r\nConnection: close\r\n\r\n" if close else b"\r\nConnection: keep-alive\r\n\r\n",
+            body,
+        )
+    )
+
+
+def http_date(now: float) -> bytes:
+    """An RFC 7231 date, as nginx sends in ``Date``."""
+    return formatdate(now, usegmt=True).encode()
+
+
+class App:
+    """The counters and the pre-built answers, shared by every connection."""
+
+    def __init__(self, fail_every: int) -> None:
+        if fail_every < 0:
+            raise ValueError("fail_every must be >= 0")
+        self.fail_every = fail_every
+        self.requests = 0
+        self.failed = 0
+        self.connections = 0
+        self._date_second = -1
+        self._cache: dict[tuple[bytes, bool], bytes] = {}
+
+    def should_fail(self) -> bool:
+        """Count one request; True when it is the N-th (2N-th, ...) one."""
+        self.requests += 1
+        if self.fail_every and self.requests % self.fail_every == 0:
+            self.failed += 1
+            return True
+        return False
+
+    def _date(self) -> None:
+        second = int(time.time())
+        if second != self._date_second:
+            self._date_second = second
+            date = http_date(second)
+            self._cache = {
+                (b"ok", False): response(b"200 OK", SMALL_BODY, b"text/plain", date, False),
+                (b"ok", True): response(b"200 OK", SMALL_BODY, b"text/plain", date, True),
+                (b"fail", False): response(
+                    b"503 Service Unavailable", FAIL_BODY, b"text/plain", date, False
+                ),
+                (b"fail", True): response(
+                    b"503 Service Unavailable", FAIL_BODY, b"text/plain", date, True
+                ),
+                (b"missing", False): response(
+                    b"404 Not Found", b"not found\n", b"text/plain", date, False
+                ),
+                (b"missing", True): response(
+                    b"404 Not Found", b"not found\n", b"text/plain", date, True
+                ),
+            }
+
+    def answer(self, path: bytes, close: bool) -> bytes:
+        """The response to one request for ``path`` (query string already removed)."""
+        self._date()
+        if path == STATS_PATH:
+            body = json.dumps(self.stats()).encode()
+            date = http_date(time.time())
+            return response(b"200 OK", body, b"application/json", date, close)
+        if self.should_fail():
+            return self._cache[(b"fail", close)]
+        if path == SMALL_PATH:
+            return self._cache[(b"ok", close)]
+        return self._cache[(b"missing", close)]
+
+    def stats(self) -> dict[str, int]:
+        """What ``GET /_stats`` returns."""
+        return {
+            "requests": self.requests,
+            "failed": self.failed,
+            "connections": self.connections,
+            "fail_every": self.fail_every,
+        }
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: parse requests, answer each when its message is complete."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.out: list[bytes] = []
+        self.closing = False
+        self.transport: asyncio.Transport | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.app.connections += 1
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            # Also raised for bytes after a request that closes the connection: ignored.
+            if not self.closing:
+                self.out.append(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                self.closing = True
+        transport = self.transport
+        if transport is None:
+            return
+        if self.out:
+            transport.write(self.out[0] if len(self.out) == 1 else b"".join(self.out))
+            self.out.clear()
+        if self.closing:
+            transport.close()
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_message_complete(self) -> None:
+        if self.closing:
+            return
+        close = not self.parser.should_keep_alive()
+        path = self.url.split(b"?", 1)[0]
+        self.out.append(self.app.answer(path, close))
+        if close:
+            self.closing = True
+
+
+async def serve(port: int, fail_every: int, host: str = "127.0.0.1") -> None:
+    """Listen on ``host:port`` until cancelled."""
+    app = App(fail_every)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Connection(app), host, port, backlog=4096)
+    async with server:
+        await server.serve_forever()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``PORT [--fail-every N]``."""
+    p = argparse.ArgumentParser(prog="benchmarks/flaky_app.py", description=__doc__.split("\n")[0])
+    p.add_argument("port", type=int, help="loopback port to listen on")
+    p.add_argument(
+        "--fail-every",
+        type=int,
+        default=3,
+        metavar="N",
+        help="answer every N-th request with 503 (default 3; 0 = never)",
+    )
+    args = p.parse_args(argv)
+    if args.fail_every < 0:
+        p.error("--fail-every must be >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    uvloop.run(serve(args.port, args.fail_every))
+
+
+if __name__ == "__main__":
+    main()
