@@ -52,6 +52,10 @@ _SIDECAR_ENV = (
 )
 
 
+# Times a process is started again on a new port when its free port was taken first.
+PORT_RACE_RETRIES = 3
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -63,9 +67,15 @@ class FastproxyProcess:
 
     def __init__(self, app_id: str, args: Sequence[str], env: dict[str, str], log: Path) -> None:
         self.app_id = app_id
-        self.http_port = free_port()
         self.log_path = log
+        self._args = list(args)
+        self._env = env
         self._log = log.open("wb")
+        self._spawn()
+
+    def _spawn(self) -> None:
+        # A free port can be taken by someone else before the child binds it.
+        self.http_port = free_port()
         self.popen = subprocess.Popen(
             [
                 sys.executable,
@@ -73,17 +83,17 @@ class FastproxyProcess:
                 "fastproxy",
                 "run",
                 "--app-id",
-                app_id,
+                self.app_id,
                 "--dapr-http-port",
                 str(self.http_port),
                 "--dapr-listen-addresses",
                 "127.0.0.1",
                 "--dapr-internal-port",
                 "0",
-                *args,
+                *self._args,
             ],
             cwd=REPO,
-            env=env,
+            env=self._env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -99,8 +109,13 @@ class FastproxyProcess:
 
     async def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
+        respawns = 0
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
+                if "address already in use" in self.output and respawns < PORT_RACE_RETRIES:
+                    respawns += 1
+                    self._spawn()
+                    continue
                 raise AssertionError(f"{self!r} exited {self.popen.returncode}: {self.output}")
             try:
                 response = await request(self.http_port, "GET", "/v1.0/healthz", timeout=1.0)
