@@ -11,7 +11,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.integration import ports
 
 HOST = "127.0.0.1"
 DEFAULT_DOMAINS = ("test", "cluster.local", "consul")
@@ -48,17 +49,7 @@ def find_dnsmasq() -> str | None:
 
 def free_port() -> int:
     """A port free on loopback for both UDP and TCP right now (DNS uses both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((HOST, 0))
-            port: int = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((HOST, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no port free for both UDP and TCP on loopback")
+    return ports.free_port(udp=True)
 
 
 class Dnsmasq:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import EchoApp, Response, request
+from tests.integration.ports import free_port
 
 pytestmark = pytest.mark.asyncio
 
@@ -41,12 +42,6 @@ DAPRD_FLAGS = [
     "--dapr-graceful-shutdown-seconds",
 ]
 _OUR_ENV = ("APP_ID", "APP_PORT", "DAPR_HTTP_PORT", "DAPR_API_TOKEN", "APP_API_TOKEN", "NAMESPACE")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def clean_env(**extra: str) -> dict[str, str]:

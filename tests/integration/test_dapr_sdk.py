@@ -30,6 +30,7 @@ from dapr.conf import settings
 from fastproxy import Config, Sidecar
 from tests.integration.conftest import EchoApp, SidecarFactory, request
 from tests.integration.daprsdk import SettingsFactory, close_thread_loop, point_sdk_fixture  # noqa: F401
+from tests.integration.ports import free_port
 
 pytestmark = pytest.mark.asyncio
 
@@ -196,7 +197,7 @@ async def test_sdk_with_dapr_http_endpoint_setting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sidecar = await make_sidecar(app_port=echo_app.port)
-    point_sdk(_free_port())  # the host/port settings are wrong on purpose
+    point_sdk(free_port())  # the host/port settings are wrong on purpose
     endpoint = f"http://127.0.0.1:{sidecar.http_port}"
     settings.DAPR_HTTP_ENDPOINT = endpoint
     monkeypatch.setenv("DAPR_HTTP_ENDPOINT", endpoint)
@@ -328,18 +329,12 @@ _SIDECAR_ENV = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 async def sidecar_process(echo_app: EchoApp, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     procs: list[subprocess.Popen[bytes]] = []
 
     async def start(**env: str) -> int:
-        port = _free_port()
+        port = free_port()
         environ = {k: v for k, v in os.environ.items() if k not in _SIDECAR_ENV}
         environ.update(env)
         log = (tmp_path / f"fastproxy{len(procs)}.log").open("wb")

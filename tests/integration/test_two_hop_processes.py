@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from dapr.clients.exceptions import DaprHttpError
 
 from tests.integration.conftest import Response, request
 from tests.integration.daprsdk import SettingsFactory, close_thread_loop, point_sdk_fixture  # noqa: F401
+from tests.integration.ports import free_port
 from tests.integration.test_two_hop import (
     INSTANCE_HEADER,
     EchoFactory,
@@ -54,12 +54,6 @@ _SIDECAR_ENV = (
 
 # Times a process is started again on a new port when its free port was taken first.
 PORT_RACE_RETRIES = 3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class FastproxyProcess:
