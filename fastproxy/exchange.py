@@ -284,12 +284,13 @@ class Exchange:
         """
         self._status = status
         attempts = self._attempts
-        if attempts is None or not attempts.retries_status(status) or not self._replayable():
-            return False
-        if not attempts.may_retry():
-            return False
-        self._discarding = True
-        return True
+        self._discarding = (
+            attempts is not None
+            and attempts.retries_status(status)
+            and self._replayable()
+            and attempts.may_retry()
+        )
+        return self._discarding
 
     def _replayable(self) -> bool:
         return self._replay is not None and self.request_done and not self.response_started
@@ -330,7 +331,6 @@ class Exchange:
             conn.abandon(reset=True)
         elif not self._between_attempts:
             self._forget_waiting()
-        self._discarding = False
         if self.response_started:
             attempts.end(False)
             self._downstream.abort()

@@ -615,7 +615,8 @@ async def test_broken_attempt_before_any_byte_reached_the_client_is_retried(
         assert app.bodies[0] in (None, body)
 
 
-@pytest.mark.parametrize(
+# A sidecar whose target has no retry policy: none at all, or a timeout only.
+WITHOUT_RETRY_POLICY = pytest.mark.parametrize(
     "documents",
     [
         pytest.param((), id="no-resiliency"),
@@ -625,6 +626,9 @@ async def test_broken_attempt_before_any_byte_reached_the_client_is_retried(
         ),
     ],
 )
+
+
+@WITHOUT_RETRY_POLICY
 async def test_reset_without_retry_policy_is_500_and_the_connection_goes_on(
     make_sidecar: SidecarFactory,
     make_app: AppFactory,
@@ -646,16 +650,7 @@ async def test_reset_without_retry_policy_is_500_and_the_connection_goes_on(
         assert [(s.conn, s.target) for s in app.seen] == [(1, "/r"), (2, "/after")]
 
 
-@pytest.mark.parametrize(
-    "documents",
-    [
-        pytest.param((), id="no-resiliency"),
-        pytest.param(
-            (resiliency({"timeouts": {"long": "5s"}}, {"app": {"timeout": "long"}}),),
-            id="timeout-only",
-        ),
-    ],
-)
+@WITHOUT_RETRY_POLICY
 async def test_response_dying_after_its_head_went_out_cuts_the_client_off(
     make_sidecar: SidecarFactory,
     make_app: AppFactory,
