@@ -75,12 +75,15 @@ class Attempts:
         retry = self._retry
         return retry is not None and retry.allows(self._retries)
 
-    def retry_later(self, again: Callable[[], None]) -> None:
-        """Count a retry and run `again` after the policy's backoff."""
+    def count_retry(self) -> float:
+        """Count a retry; the seconds the policy waits before it."""
         retry = self._retry
         assert retry is not None
         self._retries += 1
-        delay = retry.delay(self._retries, random.random)
+        return retry.delay(self._retries, random.random)
+
+    def call_after(self, delay: float, again: Callable[[], None]) -> None:
+        """Run `again` after `delay` seconds (cancelled with the exchange)."""
         self._timer = self._loop.call_later(delay, again)
 
     def cancel(self) -> None:

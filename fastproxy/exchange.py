@@ -266,10 +266,16 @@ class Exchange:
 
     def response_finished(self, conn: UpstreamConnection, reusable: bool) -> None:
         self._conn = None
+        attempts = self._attempts
+        if attempts is not None:
+            attempts.end(200 <= self._status < 400)
+            if self._discarding:
+                # The answer was dropped: a retry is due.
+                self._discarding = False
+                self._retry(attempts, conn if reusable else None)
+                return
         if reusable:
             self._pool.release(conn)
-        if self._attempts is not None and self._attempt_answered():
-            return
         self.response_done = True
         self._downstream.response_finished(self)
 
@@ -295,17 +301,6 @@ class Exchange:
     def _replayable(self) -> bool:
         return self._replay is not None and self.request_done and not self.response_started
 
-    def _attempt_answered(self) -> bool:
-        """The attempt's response ended; True when it was dropped and a retry is due."""
-        attempts = self._attempts
-        assert attempts is not None
-        attempts.end(200 <= self._status < 400)
-        if not self._discarding:
-            return False
-        self._discarding = False
-        self._wait_and_retry(attempts)
-        return True
-
     def _attempt_failed(self) -> bool:
         """A transport failure ended the attempt; True when a retry is due."""
         attempts = self._attempts
@@ -315,7 +310,7 @@ class Exchange:
         self._discarding = False
         if not (self._replayable() and attempts.may_retry()):
             return False
-        self._wait_and_retry(attempts)
+        self._retry(attempts, None)
         return True
 
     def _timed_out(self) -> None:
@@ -342,23 +337,48 @@ class Exchange:
     def _forget_waiting(self) -> None:
         self._pool.forget(self)
 
-    def _wait_and_retry(self, attempts: Attempts) -> None:
-        self._between_attempts = True
-        attempts.retry_later(self._retry_now)
+    def _retry(self, attempts: Attempts, kept: UpstreamConnection | None) -> None:
+        """Send the request again after the policy's backoff.
 
-    def _retry_now(self) -> None:
-        attempts = self._attempts
+        A retry due at once goes out on `kept`, the connection whose answer was
+        just read to a clean end: it needs no dial and cannot queue behind new
+        requests for a connection. A later one gives the connection back first.
+        """
+        delay = attempts.count_retry()
+        if kept is not None and delay <= 0 and self._retries_keep_connection():
+            self._retry_now(kept)
+            return
+        if kept is not None:
+            self._pool.release(kept)
+        self._between_attempts = True
+        attempts.call_after(delay, self._retry_later)
+
+    def _retries_keep_connection(self) -> bool:
+        return True
+
+    def _retry_later(self) -> None:
         self._between_attempts = False
+        self._retry_now(None)
+
+    def _retry_now(self, kept: UpstreamConnection | None) -> None:
+        attempts = self._attempts
         if attempts is None or self.cancelled or self.response_done:
+            if kept is not None:
+                self._pool.release(kept)
             return
         replay = self._replay
         assert replay is not None
         self._pending = replay[1:]
         self._buffered = 0
         if not attempts.begin(self._timed_out):
+            if kept is not None:
+                self._pool.release(kept)
             self._fail(invoke_failure(self._target, BREAKER_OPEN))
             return
-        self._next_attempt()
+        if kept is not None:
+            self.attach(kept)
+        else:
+            self._next_attempt()
 
     def _next_attempt(self) -> None:
         conn = self._pool.acquire(self)

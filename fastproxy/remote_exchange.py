@@ -105,6 +105,10 @@ class RemoteExchange(Exchange):
         self._builtin_retries = 0
         self._choose(self._remote.cached())
 
+    def _retries_keep_connection(self) -> bool:
+        # A retry chooses an instance again: another may answer where this one failed.
+        return False
+
     def _timed_out(self) -> None:
         # The instance is no longer busy with this request (not a sign it is down).
         if not (self.cancelled or self.response_done):

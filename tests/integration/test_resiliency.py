@@ -755,6 +755,44 @@ async def test_dropped_failure_is_read_to_its_end_and_its_connection_reused(
         assert [(s.conn, s.body) for s in app.seen] == [(1, b"abc"), (1, b"abc")]
 
 
+@pytest.mark.parametrize(
+    ("duration", "order"),
+    [
+        ("0s", [b"first", b"first", b"second"]),
+        ("100ms", [b"first", b"second", b"first"]),
+    ],
+    ids=["at-once-keeps-the-connection", "after-a-wait-gives-it-back"],
+)
+async def test_retry_at_once_goes_out_on_the_connection_that_answered(
+    make_sidecar: SidecarFactory,
+    make_app: AppFactory,
+    tmp_path: Path,
+    duration: str,
+    order: list[bytes],
+) -> None:
+    """With one upstream connection allowed and a second request waiting for it, a retry
+    due at once is sent on the connection whose dropped 503 was just read (ahead of the
+    waiting request); a retry after a backoff gives the connection to the waiter first."""
+    async with asyncio.timeout(TEST_TIMEOUT):
+        app = await make_app()
+        policy = {"policy": "constant", "duration": duration, "maxRetries": 1}
+        sidecar = await sidecar_for(
+            make_sidecar,
+            app,
+            tmp_path,
+            resiliency({"retries": {"once": policy}}, {"app": {"retry": "once"}}),
+            upstream_max_connections=1,
+        )
+        app.then(answer(503, b"busy", delay=0.3))
+        first = asyncio.create_task(call(sidecar.http_port, "POST", f"{APP}/r", b"first"))
+        await asyncio.sleep(0.1)
+        second = await call(sidecar.http_port, "POST", f"{APP}/r", b"second")
+        assert second.status == 200, second
+        assert (await first).raw.endswith(describe("POST", "/r", b"first"))
+        assert [s.body for s in app.seen] == order
+        assert {s.conn for s in app.seen} == {1}
+
+
 async def test_timeout_still_applies_when_a_stale_pooled_connection_is_replayed(
     make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
 ) -> None:
