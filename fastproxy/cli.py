@@ -54,6 +54,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _bool(text: str) -> bool:
+    """Go's flag booleans: `--flag`, `--flag=true`, `--flag=false` (and 1/0, t/f)."""
+    lowered = text.strip().lower()
+    if lowered in {"1", "t", "true"}:
+        return True
+    if lowered in {"0", "f", "false"}:
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {text!r}: use true or false")
+
+
 def _app_id(text: str) -> str:
     if not text or _APP_ID_FORBIDDEN.search(text):
         raise argparse.ArgumentTypeError(
@@ -251,6 +261,39 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
         help="write each log line as a JSON object",
     )
     add(
+        "--enable-metrics",
+        dest="enable_metrics",
+        type=_bool,
+        nargs="?",
+        const=True,
+        metavar="BOOL",
+        help="serve Prometheus metrics on --metrics-port; --enable-metrics=false turns "
+        f"them off (default: {str(_DEFAULTS.enable_metrics).lower()})",
+    )
+    add(
+        "--metrics-port",
+        dest="metrics_port",
+        type=_port,
+        metavar="PORT",
+        help=f"port of the metrics listener, 0 for any free one "
+        f"(env DAPR_METRICS_PORT; default: {_DEFAULTS.metrics_port})",
+    )
+    add(
+        "--metrics-listen-address",
+        dest="metrics_listen_address",
+        metavar="ADDRESS",
+        help=f"address of the metrics listener (default: {_DEFAULTS.metrics_listen_address})",
+    )
+    add(
+        "--enable-api-logging",
+        dest="enable_api_logging",
+        type=_bool,
+        nargs="?",
+        const=True,
+        metavar="BOOL",
+        help="write one access log line per request (JSON with --log-as-json)",
+    )
+    add(
         "--dapr-graceful-shutdown-seconds",
         dest="graceful_shutdown_seconds",
         type=_seconds,
@@ -400,6 +443,7 @@ _ENV_FLAGS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("APP_ID", "app_id", _app_id),
     ("APP_PORT", "app_port", _port),
     ("DAPR_HTTP_PORT", "http_port", _port),
+    ("DAPR_METRICS_PORT", "metrics_port", _port),
     ("DAPR_TRUST_ANCHORS", "trust_anchors", _pem_or_path),
     ("DAPR_CERT_CHAIN", "cert_chain", _pem_or_path),
     ("DAPR_CERT_KEY", "cert_key", _pem_or_path),
@@ -487,6 +531,7 @@ def _apply_command_defaults(
         settings.setdefault("app_id", "demo")
         settings.setdefault("app_port", 0)
         settings.setdefault("internal_port", 0)
+        settings.setdefault("metrics_port", 0)
     elif "app_id" not in settings:
         parser.error("--app-id is required (or set APP_ID)")
 

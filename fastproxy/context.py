@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from typing import TYPE_CHECKING
@@ -16,6 +17,9 @@ from fastproxy.discovery.cache import ResolverCache
 from fastproxy.discovery.factory import build_name_resolution
 from fastproxy.forwarder import Forwarder
 from fastproxy.local import Metadata, local_reply, metadata_document
+from fastproxy.observability.gauges import add_gauges
+from fastproxy.observability.observer import Observer
+from fastproxy.observability.wiring import Observability, build_observability, describe
 from fastproxy.policy.acl import AccessControl, parse_access_control
 from fastproxy.resiliency.breaker import BreakerState
 from fastproxy.resiliency.spec import Resiliency, load_resiliency
@@ -39,6 +43,7 @@ class SidecarContext:
         "access_control",
         "acl_denials",
         "api_token",
+        "breaker_states",
         "clock",
         "config",
         "connections",
@@ -48,6 +53,8 @@ class SidecarContext:
         "metadata",
         "mtls",
         "name_resolution",
+        "observability",
+        "observer",
         "peer_pools",
         "resiliency",
         "resolver_cache",
@@ -63,6 +70,11 @@ class SidecarContext:
         self.max_header_count = config.max_header_count
         self.connections: set[DownstreamProtocol] = set()
         self.draining = False
+        # What the sidecar shows of itself; `observer` is None when all of it is off.
+        self.observability: Observability = build_observability(
+            config, resources.configuration, os.environ
+        )
+        self.observer: Observer | None = self.observability.observer
         endpoints = resources.http_endpoints
         self.router = Router(config.app_id, config.namespace, endpoints.keys())
         app_endpoint = None
@@ -88,6 +100,7 @@ class SidecarContext:
             resources.configuration.get("accessControl")
         )
         self.acl_denials = 0
+        self.breaker_states: dict[str, BreakerState] = {}
         source = MtlsSource.from_config(config)
         self.mtls = MtlsContexts(source) if source is not None else None
         self._tls_error: str | None = None
@@ -97,7 +110,7 @@ class SidecarContext:
         )
         self.resiliency: Resiliency | None = (
             load_resiliency(
-                resources.resiliency, config.app_id, time.monotonic, _log_breaker_change
+                resources.resiliency, config.app_id, time.monotonic, self._breaker_changed
             )
             if resources.resiliency
             else None
@@ -122,6 +135,9 @@ class SidecarContext:
         self._describe_security()
         if self.resiliency is not None:
             self.metadata.set_section("resiliency", self.resiliency.summary())
+        self.metadata.set_section("observability", describe(self.observability))
+        if self.observability.metrics is not None:
+            add_gauges(self, self.observability.metrics)
 
     def local_reply(
         self,
@@ -145,10 +161,16 @@ class SidecarContext:
         acl["denied"] = self.acl_denials
         self.metadata.set_section("accessControl", acl)
 
-    def record_denial(self) -> None:
-        """An ACL refused a call: counted, and shown in the metadata document."""
+    def record_denial(self, caller: str) -> None:
+        """An ACL refused a call: counted, and shown in the metadata document and metrics."""
         self.acl_denials += 1
         self._describe_security()
+        if self.observability.metrics is not None:
+            self.observability.metrics.record_acl_denied(caller)
+
+    def _breaker_changed(self, name: str, old: BreakerState, new: BreakerState) -> None:
+        log.warning("circuit breaker %s: %s -> %s", name, old.name.lower(), new.name.lower())
+        self.breaker_states[name] = new
 
     def reload_certificates(self) -> tuple[int, str] | None:
         """Re-read the mTLS files if they changed; (log level, line) when something happened."""
@@ -183,6 +205,8 @@ class SidecarContext:
         self.forwarder.close()
         self.peer_pools.close()
         await self.resolver_cache.aclose()
+        if self.observer is not None:
+            await self.observer.close()
         registry = self.name_resolution.registry
         if registry is not None:
             await registry.stop()
@@ -192,10 +216,6 @@ class SidecarContext:
             result = close()
             if asyncio.iscoroutine(result):
                 await result
-
-
-def _log_breaker_change(name: str, old: BreakerState, new: BreakerState) -> None:
-    log.warning("circuit breaker %s: %s -> %s", name, old.name.lower(), new.name.lower())
 
 
 def forwarded_lines(host_address: str) -> bytes:

@@ -19,6 +19,7 @@ from fastproxy.wire import CRLF, LAST_CHUNK
 
 if TYPE_CHECKING:
     from fastproxy.downstream.protocol import DownstreamProtocol
+    from fastproxy.observability.observation import Observation
 
 # Request bytes kept for one replay on a fresh connection when a reused
 # keep-alive connection turns out to have been closed by the upstream, and
@@ -57,6 +58,7 @@ class Exchange:
         "http10",
         "is_head",
         "keep_alive",
+        "obs",
         "request_done",
         "request_sent",
         "resilient",
@@ -96,6 +98,7 @@ class Exchange:
         self.http10 = http10
         self.expect_continue = expect_continue
         self.cancelled = False
+        self.obs: Observation | None = None
         self.request_done = False
         self.request_sent = False
         self.response_started = False
@@ -145,6 +148,8 @@ class Exchange:
         # An idle pooled connection and nothing buffered: the common case, inline.
         self._conn = conn
         conn.attach(self, self._head)
+        if self.obs is not None:
+            self.obs.mark_sent()
         if self.request_done:
             self.request_sent = True
 
@@ -221,6 +226,8 @@ class Exchange:
             conn.attach(self, self._head)
         if self.request_done:
             self.request_sent = True
+        if self.obs is not None:
+            self.obs.mark_sent()
 
     def connect_failed(self, reason: str) -> None:
         if self.cancelled or self.response_done or self._between_attempts or self._conn is not None:
@@ -345,6 +352,8 @@ class Exchange:
         requests for a connection. A later one gives the connection back first.
         """
         delay = attempts.count_retry()
+        if self.obs is not None:
+            self.obs.retries += 1
         if kept is not None and delay <= 0 and self._retries_keep_connection():
             self._retry_now(kept)
             return

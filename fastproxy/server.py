@@ -24,6 +24,9 @@ from fastproxy.context import SidecarContext
 from fastproxy.discovery.model import Address, DiscoveryError
 from fastproxy.downstream.protocol import DownstreamProtocol
 from fastproxy.log import setup_logging
+from fastproxy.observability.dapr_metrics import DaprMetrics
+from fastproxy.observability.metrics_server import start_metrics_server, stop_metrics_server
+from fastproxy.observability.wiring import describe
 from fastproxy.wire import Clock
 
 log = logging.getLogger("fastproxy")
@@ -43,6 +46,7 @@ class Sidecar:
         self.context: SidecarContext | None = None
         self._servers: list[asyncio.base_events.Server] = []
         self._internal_servers: list[asyncio.base_events.Server] = []
+        self._metrics_server: asyncio.Server | None = None
         self._tick_handle: asyncio.TimerHandle | None = None
         self._stopped: asyncio.Event | None = None
 
@@ -94,6 +98,12 @@ class Sidecar:
         if self.context.resiliency is not None:
             for entry in self.context.resiliency.summary():
                 log.info("resiliency %s: %s", entry["name"], entry["policies"])
+        if self.metrics_port is not None:
+            log.info(
+                "metrics on http://%s:%d/metrics", config.metrics_listen_address, self.metrics_port
+            )
+        if self.context.observer is not None:
+            log.info("observability: %s", describe(self.context.observability))
 
     async def _bind(self) -> None:
         ctx = self.context
@@ -110,9 +120,22 @@ class Sidecar:
                 config.internal_port,
                 ctx.mtls.server_context if ctx.mtls is not None else None,
             )
+            metrics = ctx.observability.metrics
+            if metrics is not None:
+                self._metrics_server = await _listen_metrics(
+                    metrics, config.metrics_listen_address, config.metrics_port
+                )
         except OSError:
             await self._close_servers()
             raise
+        if ctx.observer is not None:
+            ctx.observer.start()
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The bound metrics port; None when metrics are off."""
+        server = self._metrics_server
+        return None if server is None else _ports([server])[0]
 
     @property
     def internal_port(self) -> int:
@@ -178,6 +201,10 @@ class Sidecar:
     async def _close_servers(self) -> None:
         servers = self._servers + self._internal_servers
         self._servers, self._internal_servers = [], []
+        metrics_server, self._metrics_server = self._metrics_server, None
+        if metrics_server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(stop_metrics_server(metrics_server), 0.5)
         for server in servers:
             server.close()
         for server in servers:
@@ -199,6 +226,13 @@ class Sidecar:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+async def _listen_metrics(metrics: DaprMetrics, host: str, port: int) -> asyncio.Server:
+    try:
+        return await start_metrics_server(metrics, host, port)
+    except OSError as exc:
+        raise OSError(exc.errno, f"metrics listener {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _ports(servers: list[asyncio.base_events.Server]) -> list[int]:

@@ -99,7 +99,11 @@ def error_body(error_code: str, message: str) -> bytes:
 
 
 def error_response(
-    clock: Clock, error: ProxyError, keep_alive: bool = True, head_only: bool = False
+    clock: Clock,
+    error: ProxyError,
+    keep_alive: bool = True,
+    head_only: bool = False,
+    extra_headers: bytes = b"",
 ) -> bytes:
     """The one place a `ProxyError` becomes bytes."""
     keep_alive = keep_alive and not error.closes_connection
@@ -110,6 +114,7 @@ def error_response(
             error.message.encode() + b"\n",
             b"text/plain; charset=utf-8",
             keep_alive,
+            extra_headers,
             head_only=head_only,
         )
     return local_response(
@@ -117,5 +122,6 @@ def error_response(
         error.status,
         error_body(error.error_code, error.message),
         keep_alive=keep_alive,
+        extra_headers=extra_headers,
         head_only=head_only,
     )

@@ -64,6 +64,12 @@ class Config:
     read_buffer_size: int = 4 * KIB
     log_level: str = "info"
     log_as_json: bool = False
+    # Prometheus metrics on their own listener (daprd's flags and defaults).
+    enable_metrics: bool = True
+    metrics_port: int = 9090
+    metrics_listen_address: str = "0.0.0.0"
+    # One access log line per request (daprd's --enable-api-logging).
+    enable_api_logging: bool = False
     api_token: str | None = None
     app_api_token: str | None = None
     namespace: str = "default"

@@ -18,6 +18,9 @@ EXPECT: Final = 6
 APP_ID: Final = 7
 API_TOKEN: Final = 8
 AUTHORIZATION: Final = 9
+# With tracing on, the trace context is read and replaced, never forwarded as sent.
+TRACEPARENT: Final = 10
+TRACESTATE: Final = 11
 
 SPECIAL_HEADERS: Final[dict[bytes, int]] = {
     b"host": HOST,
@@ -76,6 +79,14 @@ EXACT_HEADERS_DELIVERED: Final[dict[bytes, int]] = {
     **{name: PLAIN for name in _SET_BY_CALLER},
     **{name.title(): PLAIN for name in _SET_BY_CALLER},
 }
+
+
+def traced(table: dict[bytes, int]) -> dict[bytes, int]:
+    """A header table in which the W3C trace context fields are read, not copied."""
+    kinds = {b"traceparent": TRACEPARENT, b"tracestate": TRACESTATE}
+    return {**table, **kinds, **{name.title(): kind for name, kind in kinds.items()}}
+
+
 # Fields a client may not ask us to drop with `Connection`: the ones that
 # frame or route the request, or that the sidecar itself sets.
 UNNAMEABLE: Final = frozenset({b"host", b"content-length", b"transfer-encoding", b"forwarded"})

@@ -38,8 +38,10 @@ from fastproxy.downstream.headers import (
     PLAIN,
     SPECIAL_HEADERS,
     SPECIAL_HEADERS_DELIVERED,
+    TRACEPARENT,
     TRANSFER_ENCODING,
     UNNAMEABLE,
+    traced,
     without_tokens,
 )
 from fastproxy.downstream.reply import Exchange, LocalReply
@@ -53,10 +55,12 @@ from fastproxy.errors import (
     UnauthorizedError,
 )
 from fastproxy.methodpath import operation_of
+from fastproxy.observability.observation import Observation
 from fastproxy.policy.acl import AccessControl, denial_message
 from fastproxy.routing import (
     INVOKE_PREFIX,
     Invocation,
+    TargetKind,
     basic_auth_app_id,
     local_route,
     token_exempt,
@@ -67,6 +71,7 @@ from fastproxy.wire import COLON_SP, CRLF, error_response
 
 if TYPE_CHECKING:
     from fastproxy.context import SidecarContext
+    from fastproxy.observability.observer import Observer
 
 # Why reading from the client is paused (ReadGate reasons).
 PIPELINED: Final = 1
@@ -119,10 +124,14 @@ class DownstreamProtocol(asyncio.Protocol):
         "_max_body",
         "_max_head",
         "_max_header_items",
+        "_obs",
+        "_observer",
         "_parser",
         "_pending",
         "_special_kinds",
         "_token",
+        "_traceparent",
+        "_tracestate",
         "_url",
         "_write_buffered",
         "_write_paused_since",
@@ -139,6 +148,14 @@ class DownstreamProtocol(asyncio.Protocol):
         self._special_kinds = SPECIAL_HEADERS_DELIVERED if delivered else SPECIAL_HEADERS
         self._token = None if delivered else ctx.api_token
         self._acl = ctx.access_control if delivered else None
+        # Observability is decided once per connection: None when all of it is off.
+        self._observer: Observer | None = ctx.observer
+        self._obs: Observation | None = None
+        self._traceparent: bytes | None = None
+        self._tracestate: bytes | None = None
+        if self._observer is not None and self._observer.tracing:
+            self._exact_kinds = traced(self._exact_kinds)
+            self._special_kinds = traced(self._special_kinds)
         self._caller: SpiffeId | None = None
         self._max_head = ctx.config.read_buffer_size
         self._max_body = ctx.config.max_body_size
@@ -204,6 +221,9 @@ class DownstreamProtocol(asyncio.Protocol):
             if self._caller is not None:
                 self._exact_kinds = EXACT_HEADERS
                 self._special_kinds = SPECIAL_HEADERS
+                if self._observer is not None and self._observer.tracing:
+                    self._exact_kinds = traced(EXACT_HEADERS)
+                    self._special_kinds = traced(SPECIAL_HEADERS)
                 self._delivered = caller_lines(self._caller) + ctx.forwarder.delivered_extra
         ctx.connections.add(self)
         if len(ctx.connections) > ctx.config.max_connections or ctx.draining:
@@ -321,9 +341,20 @@ class DownstreamProtocol(asyncio.Protocol):
             self._chunked = True
         elif kind == DROP:
             return
+        elif kind >= TRACEPARENT:
+            self._note_trace_context(kind, value)
         else:
             self._dirty = True
             self._note_special(kind, name, value)
+
+    def _note_trace_context(self, kind: int, value: bytes) -> None:
+        if kind == TRACEPARENT:
+            # A repeated traceparent is invalid: the request starts a new trace.
+            self._traceparent = value if self._traceparent is None else b""
+        elif self._tracestate is None:
+            self._tracestate = value
+        else:
+            self._tracestate += b"," + value  # list fields combine, in order
 
     def _note_special(self, kind: int, name: bytes, value: bytes) -> None:
         if kind == CONNECTION:
@@ -357,6 +388,7 @@ class DownstreamProtocol(asyncio.Protocol):
         parser = self._parser
         try:
             exchange = self._open_exchange(parser)
+            exchange.obs = self._obs
         except ProxyError as error:
             # A body the client was told to hold back may never come: close after.
             keep_alive = (
@@ -364,14 +396,20 @@ class DownstreamProtocol(asyncio.Protocol):
                 and not error.closes_connection
                 and not self._awaits_continue()
             )
+            obs = self._obs
             exchange = LocalReply(
                 self,
                 error_response(
-                    self._ctx.clock, error, keep_alive, head_only=parser.get_method() == b"HEAD"
+                    self._ctx.clock,
+                    error,
+                    keep_alive,
+                    head_only=parser.get_method() == b"HEAD",
+                    extra_headers=b"" if obs is None else obs.error_head(error.status),
                 ),
                 keep_alive,
                 self._max_body,
             )
+            exchange.obs = obs
         # The head is consumed: make the parse state ready for the next one.
         # (_chunked and _body_size still frame this request's body.)
         self._in_head = False
@@ -383,6 +421,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self._content_length = None
         if self._dirty:
             self._reset_request()
+        if self._observer is not None:
+            self._obs = self._traceparent = self._tracestate = None
         self._last_activity = self._clock.now
         self._current = exchange
         if self._active is None:
@@ -408,6 +448,9 @@ class DownstreamProtocol(asyncio.Protocol):
         current = self._current
         if current is not None:
             current.on_body(body)
+            obs = current.obs
+            if obs is not None:
+                obs.bytes_in += len(body)
 
     def on_message_complete(self) -> None:
         if self._chunked:
@@ -469,6 +512,18 @@ class DownstreamProtocol(asyncio.Protocol):
                 f"request body of {int(content_length)} bytes exceeds --max-body-size"
                 f" of {self._max_body} bytes"
             )
+        obs: Observation | None = None
+        observer = self._observer
+        if observer is not None:
+            obs = observer.begin(
+                method, path, self._traceparent, self._tracestate, self._delivered is not None
+            )
+            self._obs = obs
+            if obs.app_lines:
+                self._headers.extend(obs.app_lines)
+            if self._delivered is not None:
+                caller = self._caller
+                obs.caller = caller.app_id if caller is not None else _caller_header(self._headers)
         if self._token is not None:
             self._check_token(self._token, method, path)
         if not dirty:
@@ -477,6 +532,11 @@ class DownstreamProtocol(asyncio.Protocol):
             if invocation is not None:
                 if self._acl is not None:
                     self._check_access(self._acl, invocation, method)
+                if obs is not None:
+                    obs.aim(
+                        invocation.target,
+                        invocation.kind is TargetKind.APP and not invocation.is_self,
+                    )
                 return ctx.forwarder.open(
                     self,
                     invocation,
@@ -519,6 +579,8 @@ class DownstreamProtocol(asyncio.Protocol):
             invocation = ctx.router.route_path(path)
         if self._acl is not None:
             self._check_access(self._acl, invocation, method)
+        if obs is not None:
+            obs.aim(invocation.target, invocation.kind is TargetKind.APP and not invocation.is_self)
         return ctx.forwarder.open(
             self,
             invocation,
@@ -537,7 +599,7 @@ class DownstreamProtocol(asyncio.Protocol):
         operation = operation_of(invocation.method)
         verb = method.decode("latin-1")
         if not acl.allows(self._caller, verb, operation):
-            self._ctx.record_denial()
+            self._ctx.record_denial(self._caller.app_id if self._caller is not None else "")
             raise ForbiddenError(
                 f"failed to invoke, id: {invocation.target}, err: rpc error: code ="
                 # daprd names the method as the caller wrote it: no leading "/".
@@ -576,6 +638,9 @@ class DownstreamProtocol(asyncio.Protocol):
         if exchange is not self._active or not (exchange.request_done and exchange.response_done):
             return
         self._active = None
+        obs = exchange.obs
+        if obs is not None and self._observer is not None:
+            self._observer.finish(obs)
         pending = self._pending
         if not exchange.keep_alive or (not pending and (self._closing or self._ctx.draining)):
             # (A refusal queued behind this exchange is still sent before closing.)
@@ -602,12 +667,14 @@ class DownstreamProtocol(asyncio.Protocol):
         """An exchange failed before its response started: answer for it."""
         keep_alive = exchange.keep_alive and exchange.request_done and not error.closes_connection
         exchange.keep_alive = keep_alive
+        obs = exchange.obs
         self.write(
             error_response(
                 self._ctx.clock,
                 error,
                 keep_alive and not self._closing,
                 head_only=exchange.is_head,
+                extra_headers=b"" if obs is None else obs.error_head(error.status),
             )
         )
         exchange.response_done = True
@@ -721,6 +788,14 @@ class DownstreamProtocol(asyncio.Protocol):
         for exchange in (self._active, *self._pending):
             if exchange is not None and not exchange.response_started:
                 exchange.keep_alive = False
+
+
+def _caller_header(headers: list[bytes]) -> str:
+    """The calling app a sidecar named in `dapr-caller-app-id` (without mTLS, its word)."""
+    for i in range(1, len(headers) - 2, 4):
+        if headers[i].lower() == b"dapr-caller-app-id":
+            return headers[i + 2].decode("latin-1")
+    return ""
 
 
 def _origin_form(url: bytes) -> bytes:

@@ -12,6 +12,7 @@ from fastproxy.wire import CONTINUE_100
 
 if TYPE_CHECKING:
     from fastproxy.downstream.protocol import DownstreamProtocol
+    from fastproxy.observability.observation import Observation
 
 
 class Exchange(Protocol):
@@ -22,6 +23,8 @@ class Exchange(Protocol):
     response_started: bool
     keep_alive: bool
     is_head: bool
+    # Set by the connection when observability is on (see fastproxy.observability).
+    obs: Observation | None
 
     def start(self) -> None: ...
     def on_body(self, body: bytes) -> None: ...
@@ -43,6 +46,7 @@ class LocalReply:
         "_sink",
         "is_head",
         "keep_alive",
+        "obs",
         "request_done",
         "response_done",
         "response_started",
@@ -66,6 +70,7 @@ class LocalReply:
         self._expect_continue = expect_continue
         self.keep_alive = keep_alive
         self.is_head = False
+        self.obs: Observation | None = None
         self.request_done = False
         self.response_done = False
         self.response_started = False
@@ -80,6 +85,9 @@ class LocalReply:
             self._conn.write(CONTINUE_100)
 
     def _send(self, data: bytes) -> None:
+        obs = self.obs
+        if obs is not None and obs.status == 0:
+            obs.status = int(data[9:12])  # "HTTP/1.1 200 ...": every local answer's line
         self.response_started = True
         self._conn.write(data)
         self.response_done = True

@@ -31,6 +31,7 @@ from fastproxy.wire import (
 )
 
 if TYPE_CHECKING:
+    from fastproxy.observability.observation import Observation
     from fastproxy.upstream.pool import Pool
 
 # How each response header is treated. Hop-by-hop fields are dropped; the
@@ -40,6 +41,7 @@ _DROP: Final = 1
 _CONTENT_LENGTH: Final = 2
 _TRANSFER_ENCODING: Final = 3
 _CONNECTION: Final = 4
+_TRACEPARENT: Final = 5
 _RESPONSE_KINDS_LOWER: Final[dict[bytes, int]] = {
     b"connection": _CONNECTION,
     b"keep-alive": _DROP,
@@ -53,6 +55,7 @@ _RESPONSE_KINDS_LOWER: Final[dict[bytes, int]] = {
     b"proxy-authorization": _DROP,
     b"content-length": _CONTENT_LENGTH,
     b"dapr-app-id": _DROP,
+    b"traceparent": _TRACEPARENT,
 }
 # Exact spellings seen from common servers, looked up before lower-casing a name.
 _RESPONSE_KINDS_EXACT: Final[dict[bytes, int]] = {
@@ -112,6 +115,7 @@ class Client(Protocol):
     response_started: bool
     request_sent: bool
     resilient: bool
+    obs: Observation | None
 
     def response_finished(self, conn: UpstreamConnection, reusable: bool) -> None: ...
     def upstream_failed(self, reason: str, got_response_bytes: bool) -> None: ...
@@ -129,6 +133,7 @@ class _HeadResponseDone(Exception):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "_app_traceparent",
         "_client_chunked",
         "_client_close",
         "_complete",
@@ -141,6 +146,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_informational",
         "_keep_alive",
         "_named_drops",
+        "_obs",
         "_out",
         "_parser",
         "_unusual",
@@ -169,6 +175,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = False
         self._head_bytes = 0
         self._keep_alive = False
+        self._obs: Observation | None = None
         self._reset_response()
 
     def __repr__(self) -> str:
@@ -190,6 +197,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._eof_framed = False
         self._discard = False
         self._unusual = False
+        self._app_traceparent = False
 
     # -- asyncio protocol -------------------------------------------------
 
@@ -309,6 +317,11 @@ class UpstreamConnection(asyncio.Protocol):
             self._upstream_chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
         elif kind == _CONNECTION and value not in _PLAIN_CONNECTION_VALUES:
             self._note_connection_tokens(value)
+        elif kind == _TRACEPARENT:
+            # The app's own trace context reaches the client instead of the sidecar's.
+            self._unusual = True
+            self._app_traceparent = True
+            self._headers.extend((name, COLON_SP, value, CRLF))
 
     def _note_connection_tokens(self, value: bytes) -> None:
         for item in value.split(b","):
@@ -354,6 +367,10 @@ class UpstreamConnection(asyncio.Protocol):
             parts.append(CONNECTION_CLOSE)
         elif exchange.http10:
             parts.append(CONNECTION_KEEP_ALIVE)
+        obs = exchange.obs
+        self._obs = obs
+        if obs is not None:
+            parts.append(obs.response_head(status, self.pool.address, self._app_traceparent))
         parts.append(CRLF)
         # The body is appended to the same list: one join per upstream read.
         self._out = parts
@@ -381,6 +398,9 @@ class UpstreamConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self._discard:
             return
+        obs = self._obs
+        if obs is not None:
+            obs.bytes_out += len(body)
         if self._client_chunked:
             self._out.extend((b"%x\r\n" % len(body), body, CRLF))
         else:

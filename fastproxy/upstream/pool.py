@@ -41,6 +41,7 @@ class Pool:
         "_idle",
         "_loop",
         "_waiters",
+        "address",
         "closed",
         "endpoint",
         "host_header",
@@ -60,6 +61,9 @@ class Pool:
         self.endpoint = endpoint
         self.limits = limits
         self.name = endpoint.name
+        # host:port, as tracing and access logs name the peer.
+        host = endpoint.host
+        self.address = f"[{host}]:{endpoint.port}" if ":" in host else f"{host}:{endpoint.port}"
         self.host_header = endpoint.host_header
         # What follows the request target in every head this pool sends.
         self.line_tail = b" HTTP/1.1\r\n" + endpoint.host_header
@@ -80,6 +84,10 @@ class Pool:
     @property
     def idle_count(self) -> int:
         return len(self._idle)
+
+    @property
+    def waiting_count(self) -> int:
+        return len(self._waiters)
 
     def acquire(self, waiter: Waiter, fresh: bool = False) -> UpstreamConnection | None:
         """An idle connection now, or None and `waiter.attach` / `connect_failed` later."""

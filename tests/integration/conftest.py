@@ -127,6 +127,7 @@ async def make_sidecar() -> AsyncIterator[SidecarFactory]:
         settings.setdefault("http_port", 0)
         settings.setdefault("listen_addresses", ("127.0.0.1",))
         settings.setdefault("internal_port", 0)
+        settings.setdefault("metrics_port", 0)
         sidecar = Sidecar(Config(), **settings)
         await sidecar.start()
         started.append(sidecar)

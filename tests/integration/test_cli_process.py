@@ -126,6 +126,9 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
         if args and args[0] == "run" and not any("internal" in a for a in args):
             # The default internal port (50002) may be taken: ask for a free one.
             args = [*args, "--dapr-internal-port", "0"]
+        if args and args[0] == "run" and not any("metrics" in a for a in args):
+            # So is the default metrics port (9090).
+            args = [*args, "--metrics-port", "0"]
         proc = Proc(args, clean_env(**env), folder)
         procs.append(proc)
         return proc

@@ -354,6 +354,8 @@ async def sidecar_process(echo_app: EchoApp, tmp_path: Path) -> AsyncIterator[Ca
                 "127.0.0.1",
                 "--dapr-internal-port",
                 "0",
+                "--metrics-port",
+                "0",
             ],
             cwd=REPO,
             env=environ,
@@ -439,7 +441,7 @@ class ThreadedSidecar:
         self.loop = asyncio.new_event_loop()
         self.errors: list[dict[str, Any]] = []
         self.loop.set_exception_handler(lambda _loop, context: self.errors.append(context))
-        self.sidecar = Sidecar(Config(), **config)
+        self.sidecar = Sidecar(Config(), **{"metrics_port": 0, **config})
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def start(self) -> int:

@@ -763,6 +763,7 @@ async def test_failed_start_leaves_nothing_listening(tmp_path: Path, unused_port
         http_port=unused_port,
         listen_addresses=("127.0.0.1",),
         resources_paths=(str(folder),),
+        metrics_port=0,
     )
     with pytest.raises(ConfigError):
         await sidecar.start()

@@ -76,6 +76,7 @@ async def test_context_manager_with_port_zero_exposes_real_port(echo_app: EchoAp
         app_port=echo_app.port,
         http_port=0,
         internal_port=0,
+        metrics_port=0,
         listen_addresses=("127.0.0.1",),
     )
     async with sidecar as running:
@@ -104,6 +105,7 @@ async def test_listens_on_ipv4_and_ipv6_loopback_on_the_same_port(echo_app: Echo
         app_port=echo_app.port,
         http_port=0,
         internal_port=0,
+        metrics_port=0,
         listen_addresses=("127.0.0.1", "::1"),
     ) as sidecar:
         assert len(sidecar.http_ports) == 1, sidecar.http_ports
@@ -128,7 +130,7 @@ async def test_default_listen_addresses_include_ipv6_loopback(echo_app: EchoApp)
     if not _ipv6_loopback_bindable():
         pytest.skip("::1 cannot be bound on this host")
     async with Sidecar(
-        app_id="app", app_port=echo_app.port, http_port=0, internal_port=0
+        app_id="app", app_port=echo_app.port, http_port=0, internal_port=0, metrics_port=0
     ) as sidecar:
         reader, writer = await _connect(sidecar.http_port, "::1")
         try:

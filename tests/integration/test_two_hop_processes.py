@@ -84,6 +84,8 @@ class FastproxyProcess:
                 "127.0.0.1",
                 "--dapr-internal-port",
                 "0",
+                "--metrics-port",
+                "0",
                 *self._args,
             ],
             cwd=REPO,

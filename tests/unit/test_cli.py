@@ -31,6 +31,10 @@ RUN_FLAGS = [
     "--read-buffer-size",
     "--log-level",
     "--log-as-json",
+    "--enable-metrics",
+    "--metrics-port",
+    "--metrics-listen-address",
+    "--enable-api-logging",
     "--dapr-graceful-shutdown-seconds",
     "--keep-alive-timeout",
     "--header-timeout",
@@ -106,6 +110,62 @@ def test_every_flag_reaches_its_config_field() -> None:
         keep_alive_timeout=15.0,
         header_timeout=3.0,
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        pytest.param([], {}, Config(app_id="a"), id="metrics-on-by-default"),
+        pytest.param(
+            ["--enable-metrics=false"], {}, Config(app_id="a", enable_metrics=False), id="off"
+        ),
+        pytest.param(
+            ["--enable-metrics", "false"], {}, Config(app_id="a", enable_metrics=False), id="off-2"
+        ),
+        pytest.param(["--enable-metrics"], {}, Config(app_id="a"), id="bare-flag-is-true"),
+        pytest.param(["-enable-metrics=0"], {}, Config(app_id="a", enable_metrics=False), id="go"),
+        pytest.param(
+            ["--metrics-port", "0", "--metrics-listen-address", "127.0.0.1"],
+            {},
+            Config(app_id="a", metrics_port=0, metrics_listen_address="127.0.0.1"),
+            id="port-and-address",
+        ),
+        pytest.param(
+            [], {"DAPR_METRICS_PORT": "9191"}, Config(app_id="a", metrics_port=9191), id="env-port"
+        ),
+        pytest.param(
+            ["--metrics-port", "9292"],
+            {"DAPR_METRICS_PORT": "9191"},
+            Config(app_id="a", metrics_port=9292),
+            id="flag-port-wins",
+        ),
+        pytest.param(
+            ["--enable-api-logging"], {}, Config(app_id="a", enable_api_logging=True), id="api-log"
+        ),
+        pytest.param(
+            ["--enable-api-logging=true", "--log-as-json"],
+            {},
+            Config(app_id="a", enable_api_logging=True, log_as_json=True),
+            id="api-log-json",
+        ),
+    ],
+)
+def test_observability_flags(argv: list[str], environ: dict[str, str], expected: Config) -> None:
+    assert build_config([*RUN_A, *argv], environ) == ("run", expected)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--enable-metrics=maybe"], ["--metrics-port", "70000"], ["--enable-api-logging=yes"]],
+    ids=["bool", "port", "api-logging-bool"],
+)
+def test_bad_observability_flags_exit_with_status_2(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_config([*RUN_A, *argv], {})
+    assert exited.value.code == 2
+    assert argv[0].split("=")[0] in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -295,17 +355,22 @@ def test_components_path_appends_to_resources_paths() -> None:
 @pytest.mark.parametrize(
     ("argv", "environ", "expected"),
     [
-        pytest.param([], {}, Config(app_id="demo", app_port=0, internal_port=0), id="defaults"),
+        pytest.param(
+            [],
+            {},
+            Config(app_id="demo", app_port=0, internal_port=0, metrics_port=0),
+            id="defaults",
+        ),
         pytest.param(
             [],
             {"APP_ID": "mine"},
-            Config(app_id="mine", app_port=0, internal_port=0),
+            Config(app_id="mine", app_port=0, internal_port=0, metrics_port=0),
             id="env-app-id",
         ),
         pytest.param(
             ["--app-id", "d", "--app-port", "9000"],
             {},
-            Config(app_id="d", app_port=9000, internal_port=0),
+            Config(app_id="d", app_port=9000, internal_port=0, metrics_port=0),
             id="flags",
         ),
     ],
@@ -636,7 +701,7 @@ def _fake_runner(
             ["demo"],
             "fastproxy.demo",
             "run_demo",
-            Config(app_id="demo", app_port=0, internal_port=0),
+            Config(app_id="demo", app_port=0, internal_port=0, metrics_port=0),
             id="demo",
         ),
         pytest.param(

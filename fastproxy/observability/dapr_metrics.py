@@ -1,0 +1,576 @@
+"""Dapr's metric set, with Dapr's names, labels, buckets and path-label rules.
+
+Dashboards and alerts written for daprd keep working against fastproxy. The
+`record_*` methods run once per request: each is one dict look-up that finds
+every series the request touches, then integer adds. Working out labels (path
+patterns, verbs, status text) happens only on a look-up miss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+from urllib.parse import unquote
+
+from fastproxy.observability.metrics import (
+    DEFAULT_MAX_SERIES,
+    Collect,
+    Counter,
+    CounterChild,
+    CounterFunc,
+    GaugeFunc,
+    Histogram,
+    HistogramChild,
+    Registry,
+)
+
+# daprd's defaults (pkg/config/configuration.go, pkg/diagnostics/metrics.go).
+DEFAULT_LATENCY_BUCKETS_MS: Final[tuple[float, ...]] = (
+    1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 25, 30, 40, 50, 65, 80, 100, 130, 160, 200, 250,
+    300, 400, 500, 650, 800, 1000, 2000, 5000, 10000, 20000, 50000, 100000,
+)  # fmt: skip
+SIZE_BUCKETS: Final[tuple[float, ...]] = (
+    1 << 10, 2 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20,
+    64 << 20, 256 << 20, 1 << 30, 4 << 30,
+)  # fmt: skip
+# The sidecar's own share of a request is microseconds to a few milliseconds.
+SIDECAR_TIME_BUCKETS_MS: Final[tuple[float, ...]] = (
+    0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2,
+    3, 5, 10,
+)  # fmt: skip
+
+STANDARD_METHODS: Final = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+)
+UNKNOWN_METHOD: Final = "UNKNOWN"
+
+INVOKE_PATTERN_PREFIX: Final = "/v1.0/invoke/{app_id}/method"
+"""daprd registers every pathMatching pattern once more behind this prefix."""
+
+CACHE_SIZE: Final = 4096
+"""Entries in each per-request look-up cache; a full cache is cleared, never grown."""
+
+UNARY: Final = "unary"
+
+
+def method_label(method: str, exclude_verbs: bool) -> str:
+    """The `method` label: blank when verbs are excluded, `UNKNOWN` for non-standard verbs."""
+    if exclude_verbs:
+        return ""
+    return method if method in STANDARD_METHODS else UNKNOWN_METHOD
+
+
+# -- path labels ------------------------------------------------------------------------------
+
+
+def _without_query(path: str) -> str:
+    for mark in ("?", "#"):
+        cut = path.find(mark)
+        if cut >= 0:
+            path = path[:cut]
+    if not path.startswith("/") and "://" in path:  # absolute form: keep only the path
+        slash = path.find("/", path.find("://") + 3)
+        path = path[slash:] if slash >= 0 else "/"
+    return path
+
+
+def _merge_slashes(path: str) -> str:
+    """daprd's NormalizeHTTPPath: no empty segments, a leading slash."""
+    while "//" in path:
+        path = path.replace("//", "/")
+    return path if path.startswith("/") else "/" + path
+
+
+def normalize_path(path: str) -> str:
+    """The path label daprd gives with increasedCardinality: decoded, no query, no `//`."""
+    path = _without_query(path)
+    if not path:
+        return ""
+    return _merge_slashes(unquote(path))
+
+
+# Segment kinds, in precedence order: a literal beats a one-segment wildcard beats a tail.
+_LITERAL: Final = 0
+_SINGLE: Final = 1
+_TAIL: Final = 2
+
+
+class PathPattern:
+    """One Go ServeMux path pattern: `/orders/{id}`, `/files/{rest...}`, `/v1/`, `/a/{$}`.
+
+    Of the patterns matching a path, the one whose segment kinds sort first wins:
+    at the first segment where two differ, a literal beats `{x}` beats a tail.
+    Where Go reports two patterns as conflicting, this picks the one with the
+    earlier literal.
+    """
+
+    __slots__ = ("kinds", "literals", "order", "text")
+
+    def __init__(self, text: str, order: int) -> None:
+        self.text = text
+        self.order = order
+        kinds: list[int] = []
+        literals: list[str] = []
+        segments = text[1:].split("/")
+        last = len(segments) - 1
+        for index, segment in enumerate(segments):
+            kind, literal = _LITERAL, ""
+            if segment.startswith("{") and segment.endswith("}"):
+                name = segment[1:-1]
+                if name == "$" and index == last:
+                    literal = ""  # `/a/{$}` matches `/a/` and nothing below it
+                elif name.endswith("...") and name[:-3].isidentifier() and index == last:
+                    kind = _TAIL
+                elif name.isidentifier():
+                    kind = _SINGLE
+                else:
+                    raise ValueError(f"invalid wildcard {segment!r} in path pattern {text!r}")
+            elif "{" in segment or "}" in segment:
+                raise ValueError(f"a wildcard must be a whole segment: {text!r}")
+            elif index == last and not segment:
+                kind = _TAIL  # a trailing slash: the whole subtree
+            else:
+                literal = unquote(segment)
+            kinds.append(kind)
+            literals.append(literal)
+        self.kinds = tuple(kinds)
+        self.literals = tuple(literals)
+
+    def matches(self, segments: list[str]) -> bool:
+        """Whether the pattern matches a path split on `/` (each segment decoded)."""
+        count = len(segments)
+        for index, kind in enumerate(self.kinds):
+            if kind == _TAIL:
+                return index < count
+            if index >= count:
+                return False
+            if kind == _SINGLE:
+                if not segments[index]:
+                    return False
+            elif segments[index] != self.literals[index]:
+                return False
+        return len(self.kinds) == count
+
+    def __repr__(self) -> str:
+        return f"<PathPattern {self.text}>"
+
+
+def compile_patterns(path_matching: Sequence[str]) -> list[PathPattern]:
+    """The patterns daprd registers: each normalised, plus its service-invocation variant."""
+    texts: list[str] = []
+    for raw in path_matching:
+        text = _merge_slashes(raw)
+        texts.append(text)
+        if not text.startswith("/v1.0/invoke/"):
+            texts.append(INVOKE_PATTERN_PREFIX + text)
+    unique = list(dict.fromkeys(texts))
+    return [PathPattern(text, order) for order, text in enumerate(unique)]
+
+
+class PathLabeler:
+    """Turns a request path into the `path` label, remembering recent answers.
+
+    A matching pathMatching pattern is the label; otherwise the normalised path
+    with increasedCardinality, else "". The memo is cleared when full, so a
+    flood of distinct paths costs no more memory than `cache_size` entries.
+    """
+
+    __slots__ = ("_cache", "_patterns", "cache_size", "increased_cardinality")
+
+    def __init__(
+        self,
+        increased_cardinality: bool = True,
+        path_matching: Sequence[str] = (),
+        cache_size: int = 1024,
+    ) -> None:
+        self.increased_cardinality = increased_cardinality
+        self.cache_size = max(1, cache_size)
+        self._patterns = compile_patterns(path_matching)
+        self._cache: dict[str, str] = {}
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        return tuple(pattern.text for pattern in self._patterns)
+
+    def cached(self) -> int:
+        return len(self._cache)
+
+    def label(self, path: str) -> str:
+        label = self._cache.get(path)
+        if label is None:
+            label = self.compute(path)
+            if len(self._cache) >= self.cache_size:
+                self._cache.clear()
+            self._cache[path] = label
+        return label
+
+    def compute(self, path: str) -> str:
+        """The label without the memo."""
+        raw = _without_query(path)
+        if not raw:
+            return ""
+        if self._patterns:
+            segments = [unquote(segment) for segment in _merge_slashes(raw)[1:].split("/")]
+            best: PathPattern | None = None
+            for pattern in self._patterns:
+                if pattern.matches(segments) and (
+                    best is None or (pattern.kinds, pattern.order) < (best.kinds, best.order)
+                ):
+                    best = pattern
+            if best is not None:
+                return best.text
+        if self.increased_cardinality:
+            return _merge_slashes(unquote(raw))
+        return ""
+
+    def __repr__(self) -> str:
+        return (
+            f"<PathLabeler increased_cardinality={self.increased_cardinality} "
+            f"patterns={len(self._patterns)} cached={len(self._cache)}>"
+        )
+
+
+# -- the series one request touches --------------------------------------------------------------
+
+
+class _Exchange:
+    """A count and a latency with the same labels (server side, or the app leg)."""
+
+    __slots__ = ("count", "latency")
+
+    def __init__(self, count: CounterChild, latency: HistogramChild) -> None:
+        self.count = count
+        self.latency = latency
+
+
+class _RemoteCall:
+    __slots__ = ("latency", "received", "sent")
+
+    def __init__(self, sent: CounterChild, received: CounterChild, latency: HistogramChild) -> None:
+        self.sent = sent
+        self.received = received
+        self.latency = latency
+
+
+class _Inbound:
+    __slots__ = ("received", "sent")
+
+    def __init__(self, received: CounterChild, sent: CounterChild) -> None:
+        self.received = received
+        self.sent = sent
+
+
+# -- the metric set ------------------------------------------------------------------------------
+
+
+class DaprMetrics:
+    """Every metric fastproxy exposes, and the hot-path calls that record them."""
+
+    __slots__ = (
+        "_acl_denied",
+        "_app_cache",
+        "_client_count",
+        "_client_latency",
+        "_inbound_cache",
+        "_remote_cache",
+        "_req_recv",
+        "_req_sent",
+        "_request_bytes",
+        "_res_recv",
+        "_res_recv_latency",
+        "_res_sent",
+        "_response_bytes",
+        "_retries",
+        "_server_cache",
+        "_server_count",
+        "_server_latency",
+        "_sidecar_time",
+        "app_id",
+        "enabled",
+        "exclude_verbs",
+        "labeler",
+        "registry",
+    )
+
+    def __init__(
+        self,
+        app_id: str,
+        enabled: bool = True,
+        latency_buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS_MS,
+        increased_cardinality: bool = True,
+        path_matching: Sequence[str] = (),
+        exclude_verbs: bool = False,
+        max_series: int = DEFAULT_MAX_SERIES,
+    ) -> None:
+        self.app_id = app_id
+        self.enabled = enabled
+        self.exclude_verbs = exclude_verbs
+        self.labeler = PathLabeler(increased_cardinality, path_matching)
+        self.registry = registry = Registry()
+        http = ("app_id", "method", "path", "status")
+        latency = tuple(latency_buckets)
+
+        self._server_count = registry.register(
+            Counter(
+                "dapr_http_server_request_count",
+                "Number of HTTP requests started in server.",
+                http,
+                max_series,
+            )
+        )
+        self._server_latency = registry.register(
+            Histogram(
+                "dapr_http_server_latency",
+                "HTTP request end to end latency in server.",
+                http,
+                latency,
+                max_series,
+            )
+        )
+        self._request_bytes = registry.register(
+            Histogram(
+                "dapr_http_server_request_bytes",
+                "HTTP request body size if set as ContentLength (uncompressed) in server.",
+                ("app_id",),
+                SIZE_BUCKETS,
+                max_series,
+            )
+        ).labels(app_id)
+        self._response_bytes = registry.register(
+            Histogram(
+                "dapr_http_server_response_bytes",
+                "HTTP response body size (uncompressed) in server.",
+                ("app_id",),
+                SIZE_BUCKETS,
+                max_series,
+            )
+        ).labels(app_id)
+        self._client_count = registry.register(
+            Counter(
+                "dapr_http_client_completed_count",
+                "Count of completed requests",
+                http,
+                max_series,
+            )
+        )
+        self._client_latency = registry.register(
+            Histogram(
+                "dapr_http_client_roundtrip_latency",
+                "Time between first byte of request headers sent to last byte of response "
+                "received, or terminal error",
+                http,
+                latency,
+                max_series,
+            )
+        )
+        self._req_sent = registry.register(
+            Counter(
+                "dapr_runtime_service_invocation_req_sent_total",
+                "The number of requests sent via service invocation.",
+                ("app_id", "dst_app_id", "type"),
+                max_series,
+            )
+        )
+        self._res_recv = registry.register(
+            Counter(
+                "dapr_runtime_service_invocation_res_recv_total",
+                "The number of responses received via service invocation.",
+                ("app_id", "src_app_id", "status", "type"),
+                max_series,
+            )
+        )
+        self._res_recv_latency = registry.register(
+            Histogram(
+                "dapr_runtime_service_invocation_res_recv_latency_ms",
+                "The latency of service invocation response.",
+                ("app_id", "src_app_id", "status"),
+                latency,
+                max_series,
+            )
+        )
+        self._req_recv = registry.register(
+            Counter(
+                "dapr_runtime_service_invocation_req_recv_total",
+                "The number of requests received via service invocation.",
+                ("app_id", "src_app_id"),
+                max_series,
+            )
+        )
+        self._res_sent = registry.register(
+            Counter(
+                "dapr_runtime_service_invocation_res_sent_total",
+                "The number of responses sent via service invocation.",
+                ("app_id", "dst_app_id", "status"),
+                max_series,
+            )
+        )
+        self._sidecar_time = registry.register(
+            Histogram(
+                "fastproxy_sidecar_time_ms",
+                "Time the sidecar itself spent on a request, apart from the upstream's.",
+                ("app_id",),
+                SIDECAR_TIME_BUCKETS_MS,
+                max_series,
+            )
+        ).labels(app_id)
+        self._retries = registry.register(
+            Counter(
+                "fastproxy_retries_total",
+                "Attempts made again under a resiliency retry policy.",
+                ("app_id", "dst_app_id"),
+                max_series,
+            )
+        )
+        self._acl_denied = registry.register(
+            Counter(
+                "fastproxy_acl_denied_total",
+                "Requests refused by the access control policy.",
+                ("app_id", "src_app_id"),
+                max_series,
+            )
+        )
+        registry.register(
+            CounterFunc(
+                "fastproxy_metrics_series_overflow_total",
+                "Observations recorded in an _other series because a metric reached its "
+                "series bound.",
+                (),
+                self._overflow,
+            )
+        )
+        self._server_cache: dict[tuple[str, str, int], _Exchange] = {}
+        self._app_cache: dict[tuple[str, str, int], _Exchange] = {}
+        self._remote_cache: dict[tuple[str, int], _RemoteCall] = {}
+        self._inbound_cache: dict[tuple[str, int], _Inbound] = {}
+
+    def _overflow(self) -> list[tuple[tuple[str, ...], float]]:
+        return [((), float(self.registry.folded()))]
+
+    def add_gauge(self, name: str, help: str, labelnames: Sequence[str], collect: Collect) -> None:
+        """A gauge read from its owner at scrape time (pools, breakers, caches, ...)."""
+        self.registry.register(GaugeFunc(name, help, labelnames, collect))
+
+    def render(self) -> bytes:
+        return self.registry.render()
+
+    # -- hot path --------------------------------------------------------------------------------
+
+    def record_server(
+        self,
+        method: str,
+        path: str,
+        status: int,
+        latency_ms: float,
+        request_bytes: int,
+        response_bytes: int,
+        sidecar_ms: float,
+    ) -> None:
+        """One request answered on the sidecar's HTTP API (`path` as it arrived)."""
+        if not self.enabled:
+            return
+        key = (method, path, status)
+        series = self._server_cache.get(key)
+        if series is None:
+            series = self._server_series(key)
+        series.count.value += 1
+        series.latency.observe(latency_ms)
+        self._request_bytes.observe(request_bytes)
+        self._response_bytes.observe(response_bytes)
+        self._sidecar_time.observe(sidecar_ms)
+
+    def record_app_call(self, method: str, path: str, status: int, latency_ms: float) -> None:
+        """One round trip from the sidecar to its own app."""
+        if not self.enabled:
+            return
+        key = (method, path, status)
+        series = self._app_cache.get(key)
+        if series is None:
+            series = self._app_series(key)
+        series.count.value += 1
+        series.latency.observe(latency_ms)
+
+    def record_remote_call(self, dst_app_id: str, status: int, latency_ms: float) -> None:
+        """Caller side of service invocation: a request sent to another sidecar, and its answer."""
+        if not self.enabled:
+            return
+        key = (dst_app_id, status)
+        series = self._remote_cache.get(key)
+        if series is None:
+            series = self._remote_series(key)
+        series.sent.value += 1
+        series.received.value += 1
+        series.latency.observe(latency_ms)
+
+    def record_inbound(self, src_app_id: str, status: int) -> None:
+        """Callee side: a request from another sidecar, and the answer sent back."""
+        if not self.enabled:
+            return
+        key = (src_app_id, status)
+        series = self._inbound_cache.get(key)
+        if series is None:
+            series = self._inbound_series(key)
+        series.received.value += 1
+        series.sent.value += 1
+
+    def record_retry(self, dst_app_id: str) -> None:
+        if self.enabled:
+            self._retries.labels(self.app_id, dst_app_id).value += 1
+
+    def record_acl_denied(self, src_app_id: str) -> None:
+        if self.enabled:
+            self._acl_denied.labels(self.app_id, src_app_id).value += 1
+
+    # -- look-up misses --------------------------------------------------------------------------
+
+    def _http_labels(self, key: tuple[str, str, int]) -> tuple[str, str, str, str]:
+        method, path, status = key
+        return (
+            self.app_id,
+            method_label(method, self.exclude_verbs),
+            self.labeler.label(path),
+            str(status),
+        )
+
+    def _server_series(self, key: tuple[str, str, int]) -> _Exchange:
+        labels = self._http_labels(key)
+        series = _Exchange(self._server_count.labels(*labels), self._server_latency.labels(*labels))
+        if len(self._server_cache) >= CACHE_SIZE:
+            self._server_cache.clear()
+        self._server_cache[key] = series
+        return series
+
+    def _app_series(self, key: tuple[str, str, int]) -> _Exchange:
+        labels = self._http_labels(key)
+        series = _Exchange(self._client_count.labels(*labels), self._client_latency.labels(*labels))
+        if len(self._app_cache) >= CACHE_SIZE:
+            self._app_cache.clear()
+        self._app_cache[key] = series
+        return series
+
+    def _remote_series(self, key: tuple[str, int]) -> _RemoteCall:
+        dst_app_id, status = key
+        status_text = str(status)
+        series = _RemoteCall(
+            self._req_sent.labels(self.app_id, dst_app_id, UNARY),
+            self._res_recv.labels(self.app_id, dst_app_id, status_text, UNARY),
+            self._res_recv_latency.labels(self.app_id, dst_app_id, status_text),
+        )
+        if len(self._remote_cache) >= CACHE_SIZE:
+            self._remote_cache.clear()
+        self._remote_cache[key] = series
+        return series
+
+    def _inbound_series(self, key: tuple[str, int]) -> _Inbound:
+        src_app_id, status = key
+        series = _Inbound(
+            self._req_recv.labels(self.app_id, src_app_id),
+            self._res_sent.labels(self.app_id, src_app_id, str(status)),
+        )
+        if len(self._inbound_cache) >= CACHE_SIZE:
+            self._inbound_cache.clear()
+        self._inbound_cache[key] = series
+        return series
+
+    def __repr__(self) -> str:
+        state = "enabled" if self.enabled else "disabled"
+        return f"<DaprMetrics app_id={self.app_id!r} {state} folded={self.registry.folded()}>"

@@ -1,0 +1,125 @@
+"""What one request carries while observability is on: its trace context and its clocks.
+
+An `Observation` is made per request by `Observer.begin` only when something
+is watching (metrics, tracing, access log or Server-Timing); with everything
+off the request path holds `None` and does no work for it. The connection
+code fills in the status, sizes and instants; `Observer.finish` reads them
+once the response is over.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+from fastproxy.wire import CRLF
+
+_SERVER_TIMING: Final = b"Server-Timing: sidecar;dur=%.3f, app;dur=%.3f\r\n"
+
+
+class Observation:
+    """One request's trace context, instants (perf_counter seconds) and outcome."""
+
+    __slots__ = (
+        "app_lines",
+        "bytes_in",
+        "bytes_out",
+        "caller",
+        "delivered",
+        "head_at",
+        "method",
+        "parent_id",
+        "path",
+        "remote",
+        "response_lines",
+        "retries",
+        "sampled",
+        "sent_at",
+        "server_timing",
+        "span_id",
+        "started",
+        "status",
+        "target",
+        "trace_id",
+        "trace_line",
+        "tracestate",
+        "upstream",
+    )
+
+    def __init__(self, method: bytes, path: bytes, delivered: bool, server_timing: bool) -> None:
+        self.started = time.perf_counter()
+        self.method = method
+        self.path = path
+        self.delivered = delivered
+        self.server_timing = server_timing
+        self.sent_at = 0.0
+        self.head_at = 0.0
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.retries = 0
+        self.target = ""
+        self.remote = False
+        self.caller = ""
+        self.upstream = ""
+        # Tracing (see Observer.begin): empty when tracing is off.
+        self.trace_id = b""
+        self.span_id = b""
+        self.parent_id = b""
+        self.sampled = False
+        self.tracestate = b""
+        # "traceparent: ...\r\n" naming this sidecar's span, for the app and the client.
+        self.trace_line = b""
+        # What the request to the app gets (the header-list items of traceparent and
+        # tracestate), and what every response gets (traceparent), computed once.
+        self.app_lines: tuple[bytes, ...] = ()
+        self.response_lines = b""
+
+    def __repr__(self) -> str:
+        return (
+            f"<Observation {self.method.decode('latin-1')} {self.path.decode('latin-1')}"
+            f" status={self.status} trace={self.trace_id.decode()} sampled={self.sampled}>"
+        )
+
+    def aim(self, target: str, remote: bool) -> None:
+        """The request goes to `target`: another app's sidecar when `remote`."""
+        self.target = target
+        self.remote = remote
+
+    def mark_sent(self) -> None:
+        """The request head went to an upstream (the first attempt's counts)."""
+        if self.sent_at == 0.0:
+            self.sent_at = time.perf_counter()
+
+    def response_head(self, status: int, upstream: str, app_traceparent: bool) -> bytes:
+        """The upstream's response head arrived: the lines the client's copy gains."""
+        now = time.perf_counter()
+        self.head_at = now
+        self.status = status
+        self.upstream = upstream
+        lines = b"" if app_traceparent else self.response_lines
+        if self.server_timing:
+            app_s = now - self.sent_at if self.sent_at else 0.0
+            own_s = now - self.started - app_s
+            lines += _SERVER_TIMING % (own_s * 1000.0, app_s * 1000.0)
+        return lines
+
+    def error_head(self, status: int) -> bytes:
+        """The sidecar answers itself (an error or a local route): the lines it adds."""
+        self.status = status
+        if self.server_timing:
+            own_s = time.perf_counter() - self.started
+            return self.response_lines + _SERVER_TIMING % (own_s * 1000.0, 0.0)
+        return self.response_lines
+
+    def upstream_seconds(self) -> float:
+        """From the request's first send to the response head: the app's share."""
+        if self.sent_at and self.head_at:
+            return self.head_at - self.sent_at
+        return 0.0
+
+
+def trace_lines(trace_id: bytes, span_id: bytes, sampled: bool) -> bytes:
+    """The traceparent header line naming a span."""
+    flags = b"-01" if sampled else b"-00"
+    return b"traceparent: 00-" + trace_id + b"-" + span_id + flags + CRLF

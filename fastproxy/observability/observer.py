@@ -1,0 +1,222 @@
+"""The sidecar's eyes: one object that starts each request's observation and records its end.
+
+`Observer` exists only when something is on (metrics, tracing, the access log
+or Server-Timing); the connection asks it once per request to `begin` (trace
+context, clocks) and to `finish` (metrics, the sampled span, the log line).
+Everything slow — span export, log formatting — happens off the loop's path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Final
+
+from fastproxy.observability.accesslog import AccessLog, AccessRecord
+from fastproxy.observability.dapr_metrics import DaprMetrics
+from fastproxy.observability.export import BatchExporter
+from fastproxy.observability.observation import Observation
+from fastproxy.observability.spans import invoke_span
+from fastproxy.observability.tracecontext import (
+    Sampler,
+    new_span_id,
+    new_trace_id,
+    parse_traceparent,
+    valid_tracestate,
+)
+from fastproxy.wire import COLON_SP, CRLF
+
+_TRACEPARENT: Final = b"traceparent"
+_TRACESTATE: Final = b"tracestate"
+_SAMPLED: Final = b"-01"
+_NOT_SAMPLED: Final = b"-00"
+
+
+class Observer:
+    """What one sidecar watches; built once at start from its settings."""
+
+    __slots__ = (
+        "_access_log",
+        "_exporters",
+        "_metrics",
+        "_sampler",
+        "_server_timing",
+        "app_id",
+        "tracing",
+    )
+
+    def __init__(
+        self,
+        app_id: str,
+        sampler: Sampler | None,
+        metrics: DaprMetrics | None,
+        exporters: Sequence[BatchExporter] = (),
+        access_log: AccessLog | None = None,
+        server_timing: bool = False,
+    ) -> None:
+        self.app_id = app_id
+        # With a sampler, the trace context is continued or started for every request
+        # (a rate of 0 only propagates it); spans go to the exporters when sampled.
+        self.tracing = sampler is not None
+        self._sampler = sampler
+        self._metrics = metrics
+        self._exporters = tuple(exporters)
+        self._access_log = access_log
+        self._server_timing = server_timing
+
+    def __repr__(self) -> str:
+        return (
+            f"<Observer tracing={self._sampler!r} metrics={self._metrics is not None}"
+            f" exporters={len(self._exporters)} access_log={self._access_log is not None}"
+            f" server_timing={self._server_timing}>"
+        )
+
+    # -- per request ----------------------------------------------------------
+
+    def begin(
+        self,
+        method: bytes,
+        path: bytes,
+        traceparent: bytes | None,
+        tracestate: bytes | None,
+        delivered: bool,
+    ) -> Observation:
+        """A request's head was read: its clocks start, its trace context is decided."""
+        obs = Observation(method, path, delivered, self._server_timing)
+        sampler = self._sampler
+        if sampler is not None:
+            parsed = parse_traceparent(traceparent) if traceparent else None
+            if parsed is None:
+                # Absent or malformed: a new trace, never the client's bytes.
+                trace_id = new_trace_id()
+                sampled = sampler.sampled(trace_id, None)
+            else:
+                trace_id, obs.parent_id, parent_sampled = parsed
+                sampled = sampler.sampled(trace_id, parent_sampled)
+                if tracestate and valid_tracestate(tracestate):
+                    obs.tracestate = tracestate
+            span_id = new_span_id()
+            obs.trace_id = trace_id
+            obs.span_id = span_id
+            obs.sampled = sampled
+            value = b"00-" + trace_id + b"-" + span_id + (_SAMPLED if sampled else _NOT_SAMPLED)
+            obs.response_lines = _TRACEPARENT + COLON_SP + value + CRLF
+            if obs.tracestate:
+                obs.app_lines = (
+                    _TRACEPARENT,
+                    COLON_SP,
+                    value,
+                    CRLF,
+                    _TRACESTATE,
+                    COLON_SP,
+                    obs.tracestate,
+                    CRLF,
+                )
+            else:
+                obs.app_lines = (_TRACEPARENT, COLON_SP, value, CRLF)
+        return obs
+
+    def finish(self, obs: Observation) -> None:
+        """The response is over: metrics, the span if sampled, the access log line."""
+        total_s = time.perf_counter() - obs.started
+        upstream_s = obs.upstream_seconds()
+        metrics = self._metrics
+        if metrics is not None:
+            self._record(metrics, obs, total_s, upstream_s)
+        if obs.sampled and self._exporters:
+            self._export(obs, total_s)
+        if self._access_log is not None:
+            self._access_log.write(
+                AccessRecord(
+                    time=time.time() - total_s,
+                    method=obs.method.decode("latin-1"),
+                    path=obs.path.decode("latin-1"),
+                    app_id=obs.target,
+                    status=obs.status,
+                    bytes_in=obs.bytes_in,
+                    bytes_out=obs.bytes_out,
+                    upstream=obs.upstream,
+                    total_ms=total_s * 1000.0,
+                    upstream_ms=upstream_s * 1000.0,
+                    retries=obs.retries,
+                    trace_id=obs.trace_id.decode(),
+                    client="",
+                )
+            )
+
+    def _record(
+        self, metrics: DaprMetrics, obs: Observation, total_s: float, upstream_s: float
+    ) -> None:
+        method = obs.method.decode("latin-1")
+        path = obs.path.decode("latin-1")
+        status = obs.status
+        upstream_ms = upstream_s * 1000.0
+        if obs.delivered:
+            # The internal listener: a call another sidecar delivered for our app.
+            metrics.record_inbound(obs.caller, status)
+        else:
+            total_ms = total_s * 1000.0
+            metrics.record_server(
+                method, path, status, total_ms, obs.bytes_in, obs.bytes_out, total_ms - upstream_ms
+            )
+            if obs.remote:
+                if obs.sent_at:  # not when no instance could be found or reached
+                    metrics.record_remote_call(obs.target, status, upstream_ms)
+                if obs.retries:
+                    metrics.record_retry(obs.target)
+                return
+        if obs.target and obs.sent_at:
+            metrics.record_app_call(method, path, status, upstream_ms)
+            if obs.retries:
+                metrics.record_retry(obs.target)
+
+    def _export(self, obs: Observation, total_s: float) -> None:
+        end_ns = time.time_ns()
+        span = invoke_span(
+            trace_id=obs.trace_id,
+            span_id=obs.span_id,
+            parent_id=obs.parent_id or None,
+            kind="SERVER" if obs.delivered else "CLIENT",
+            target_app_id=obs.target or self.app_id,
+            method=_method_path(obs.path),
+            verb=obs.method,
+            path=obs.path,
+            url=obs.path,
+            status=obs.status,
+            start_ns=end_ns - int(total_s * 1e9),
+            end_ns=end_ns,
+            server_address=_host(obs.upstream),
+            server_port=_port(obs.upstream),
+        )
+        for exporter in self._exporters:
+            exporter.submit(span)
+
+    # -- the sidecar's life -----------------------------------------------------
+
+    def start(self) -> None:
+        for exporter in self._exporters:
+            exporter.start()
+
+    async def close(self) -> None:
+        for exporter in self._exporters:
+            await exporter.close()
+        if self._access_log is not None:
+            self._access_log.close(2.0)
+
+
+def _method_path(path: bytes) -> bytes:
+    """The app's method of an invoke path (`/v1.0/invoke/a/method/x` → `x`)."""
+    marker = path.find(b"/method/")
+    return path[marker + 8 :] if marker >= 0 else path.lstrip(b"/")
+
+
+def _host(address: str) -> str | None:
+    if not address:
+        return None
+    host, _, _ = address.rpartition(":")
+    return host.strip("[]") or None
+
+
+def _port(address: str) -> int | None:
+    _, _, port = address.rpartition(":")
+    return int(port) if port.isdigit() else None

@@ -1,0 +1,197 @@
+"""W3C Trace Context on the request path: parse, validate, mint and format ids; sample.
+
+Runs for every request while tracing is on, so it works on the raw header bytes
+with C-level bytes operations (`translate`, `count`) instead of regexes, and
+allocates only the id slices it returns. No I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import math
+from random import getrandbits
+from typing import Final
+
+TRACEPARENT_LENGTH: Final = 55  # "00-" + 32 + "-" + 16 + "-" + 2
+TRACESTATE_MAX_LENGTH: Final = 512  # daprd forwards tracestate only up to this size
+TRACESTATE_MAX_MEMBERS: Final = 32
+DEFAULT_SAMPLING_RATE: Final = 1e-4  # daprd's rate when the configured one is empty or bad
+
+_OWS: Final = b" \t"
+_LOWER_HEX: Final = b"0123456789abcdef"
+_HEX_AND_DASH: Final = b"0123456789abcdef-"
+_INVALID_VERSION: Final = b"ff"
+_VERSION_00: Final = b"00"
+_DASH: Final = 45  # ord("-")
+_ZERO_TRACE_ID: Final = b"0" * 32
+_ZERO_SPAN_ID: Final = b"0" * 16
+_SAMPLED_SUFFIX: Final = b"-01"
+_UNSAMPLED_SUFFIX: Final = b"-00"
+_RATIO_SCALE: Final = 1 << 63  # OpenTelemetry's TraceIDRatioBased bound scale
+
+# tracestate grammar (W3C Trace Context level 1, as OpenTelemetry checks it).
+_KEY_CHARS: Final = b"abcdefghijklmnopqrstuvwxyz0123456789_-*/"
+_LCALPHA: Final = b"abcdefghijklmnopqrstuvwxyz"
+_LCALPHA_DIGIT: Final = b"abcdefghijklmnopqrstuvwxyz0123456789"
+_VALUE_CHARS: Final = bytes(c for c in range(0x20, 0x7F) if c not in (0x2C, 0x3D))
+_SIMPLE_KEY_MAX: Final = 256
+_TENANT_MAX: Final = 241
+_SYSTEM_MAX: Final = 14
+_VALUE_MAX: Final = 256
+
+
+def parse_traceparent(value: bytes) -> tuple[bytes, bytes, bool] | None:
+    """(trace id, parent span id, sampled) from a `traceparent` value, or None if invalid.
+
+    An invalid value is not an error: the caller starts a new root trace, as
+    daprd does. Versions above 00 may carry more fields after a dash; only the
+    four known ones are read, per the spec's forward-compatibility rule.
+    """
+    if value[:1] in (b" ", b"\t") or value[-1:] in (b" ", b"\t"):
+        value = value.strip(_OWS)
+    size = len(value)
+    if size < TRACEPARENT_LENGTH:
+        return None
+    version = value[0:2]
+    if version == _INVALID_VERSION:
+        return None
+    if size > TRACEPARENT_LENGTH:
+        if version == _VERSION_00 or value[55] != _DASH:
+            return None
+        value = value[:TRACEPARENT_LENGTH]
+    if value[2] != _DASH or value[35] != _DASH or value[52] != _DASH:
+        return None
+    # Three dashes at the right places and nothing but lowercase hex elsewhere.
+    if value.count(b"-") != 3 or value.translate(None, _HEX_AND_DASH):
+        return None
+    trace_id = value[3:35]
+    span_id = value[36:52]
+    if trace_id == _ZERO_TRACE_ID or span_id == _ZERO_SPAN_ID:
+        return None
+    return trace_id, span_id, (int(value[53:55], 16) & 1) == 1
+
+
+def valid_tracestate(value: bytes) -> bool:
+    """Whether a `tracestate` value may be forwarded.
+
+    daprd forwards tracestate only up to 512 bytes; beyond that, and for a
+    value that is not a list of `key=value` members, it is dropped rather than
+    passed on malformed. Empty members (`a=1,,b=2`) are allowed by the spec and
+    skipped; a value with no member at all has nothing to forward.
+    """
+    if not value or len(value) > TRACESTATE_MAX_LENGTH:
+        return False
+    keys: set[bytes] = set()
+    for raw in value.split(b","):
+        member = raw.strip(_OWS)
+        if not member:
+            continue
+        key, eq, item = member.partition(b"=")
+        if not eq or not _valid_key(key) or not _valid_value(item) or key in keys:
+            return False
+        keys.add(key)
+        if len(keys) > TRACESTATE_MAX_MEMBERS:
+            return False
+    return len(keys) > 0
+
+
+def _valid_key(key: bytes) -> bool:
+    tenant, at, system = key.partition(b"@")
+    if not at:
+        return (
+            0 < len(key) <= _SIMPLE_KEY_MAX
+            and key[:1] in _LCALPHA
+            and not key.translate(None, _KEY_CHARS)
+        )
+    return (
+        0 < len(tenant) <= _TENANT_MAX
+        and 0 < len(system) <= _SYSTEM_MAX
+        and tenant[:1] in _LCALPHA_DIGIT
+        and system[:1] in _LCALPHA
+        and not tenant.translate(None, _KEY_CHARS)
+        and not system.translate(None, _KEY_CHARS)
+    )
+
+
+def _valid_value(item: bytes) -> bool:
+    # After the member was stripped of OWS, the value cannot end in a space.
+    return 0 < len(item) <= _VALUE_MAX and not item.translate(None, _VALUE_CHARS)
+
+
+def new_trace_id() -> bytes:
+    """32 lowercase hex digits, never all zero (which the spec reserves as invalid).
+
+    Ids only need to be unique, not unpredictable, so the module's Mersenne
+    Twister is used: far cheaper than `os.urandom` per request.
+    """
+    bits = getrandbits(128)
+    while bits == 0:
+        bits = getrandbits(128)
+    return b"%032x" % bits
+
+
+def new_span_id() -> bytes:
+    """16 lowercase hex digits, never all zero."""
+    bits = getrandbits(64)
+    while bits == 0:
+        bits = getrandbits(64)
+    return b"%016x" % bits
+
+
+def format_traceparent(trace_id: bytes, span_id: bytes, sampled: bool) -> bytes:
+    """A version-00 `traceparent` value: the only version this side emits."""
+    return b"00-" + trace_id + b"-" + span_id + (_SAMPLED_SUFFIX if sampled else _UNSAMPLED_SUFFIX)
+
+
+class Sampler:
+    """ParentBased(TraceIDRatioBased(rate)), decided the way OpenTelemetry Go decides.
+
+    Matching the Go SDK bit for bit keeps a trace whole when fastproxy and
+    daprd sidecars share it: for the same root trace id and rate, both sample
+    or both do not. A parent's decision always wins over the rate.
+    """
+
+    __slots__ = ("_bound", "rate")
+
+    def __init__(self, rate: float) -> None:
+        if not rate > 0.0:  # also NaN
+            rate = 0.0
+        elif rate > 1.0:
+            rate = 1.0
+        self.rate: float = rate
+        self._bound: int = int(rate * _RATIO_SCALE)
+
+    def sampled(self, trace_id: bytes, parent_sampled: bool | None) -> bool:
+        """`parent_sampled` is None for a new root trace."""
+        if parent_sampled is not None:
+            return parent_sampled
+        return (int(trace_id[16:32], 16) >> 1) < self._bound
+
+    def __repr__(self) -> str:
+        return f"Sampler(rate={self.rate!r})"
+
+
+def parse_sampling_rate(text: object) -> float:
+    """The sampling rate of `spec.tracing.samplingRate`, never raising.
+
+    daprd falls back to 1e-4 when the rate is empty or does not parse instead
+    of refusing the configuration, and so does this: anything empty,
+    unparsable or not finite gives 1e-4. A finite rate is clamped to [0, 1].
+    """
+    rate: float
+    if isinstance(text, bool):
+        return DEFAULT_SAMPLING_RATE
+    if isinstance(text, (int, float)):
+        rate = float(text)
+    elif isinstance(text, (str, bytes)):
+        stripped = text.strip()
+        if not stripped:
+            return DEFAULT_SAMPLING_RATE
+        try:
+            rate = float(stripped)
+        except ValueError:
+            return DEFAULT_SAMPLING_RATE
+    else:
+        return DEFAULT_SAMPLING_RATE
+    if not math.isfinite(rate):
+        return DEFAULT_SAMPLING_RATE
+    return min(max(rate, 0.0), 1.0)

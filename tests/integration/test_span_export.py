@@ -1,0 +1,507 @@
+"""Span export to a real HTTP collector on loopback: both encodings, TLS, and every failure.
+
+The collector is an aiohttp app that records what it is sent and can be told
+to answer with an error or to stall. A collector that is down, stalls or
+refuses must cost dropped spans only: `submit` never blocks and never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import ipaddress
+import json
+import logging
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from fastproxy.observability.export import (
+    OTLP_JSON_CONTENT_TYPE,
+    ZIPKIN_CONTENT_TYPE,
+    BatchExporter,
+    ExporterState,
+    encode_otlp_json,
+    encode_zipkin,
+)
+from fastproxy.observability.spans import Span
+from tests.integration.ports import free_port
+
+pytestmark = pytest.mark.asyncio
+
+HOST = "127.0.0.1"
+
+
+def _span(index: int) -> Span:
+    return Span(
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        span_id=f"{index + 1:016x}",
+        parent_id=None,
+        name="CallLocal/orders/neworder",
+        kind="CLIENT",
+        start_ns=1_700_000_000_000_000_000 + index,
+        end_ns=1_700_000_000_001_000_000 + index,
+        attributes={"dapr.status_code": "200"},
+    )
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+# -- the collector ---------------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Collector:
+    """A running collector: what it received, and how it behaves next."""
+
+    port: int = 0
+    received: list[Received] = field(default_factory=list)
+    status: int = 200
+    stall: bool = False
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def url(self, path: str, scheme: str = "http") -> str:
+        return f"{scheme}://{HOST}:{self.port}{path}"
+
+    def zipkin_span_ids(self) -> list[str]:
+        return [record["id"] for r in self.received for record in json.loads(r.body)]
+
+
+async def _start_collector(
+    collector: Collector, port: int = 0, ssl_context: ssl.SSLContext | None = None
+) -> web.AppRunner:
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        collector.received.append(Received(request.path_qs, dict(request.headers), body))
+        if collector.stall:
+            await collector.release.wait()
+        return web.Response(status=collector.status)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, HOST, port, ssl_context=ssl_context)
+    await site.start()
+    collector.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner
+
+
+@pytest.fixture
+async def start_collector() -> AsyncIterator[Callable[..., Any]]:
+    """Starts collectors; releases their stalled requests and stops them at teardown."""
+    started: list[tuple[Collector, web.AppRunner]] = []
+
+    async def start(port: int = 0, ssl_context: ssl.SSLContext | None = None) -> Collector:
+        collector = Collector()
+        runner = await _start_collector(collector, port, ssl_context)
+        started.append((collector, runner))
+        return collector
+
+    yield start
+    for collector, runner in started:
+        collector.release.set()
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def collector(start_collector: Callable[..., Any]) -> Collector:
+    result: Collector = await start_collector()
+    return result
+
+
+@pytest.fixture
+async def make_exporter() -> AsyncIterator[Callable[..., BatchExporter]]:
+    """Builds exporters (Zipkin encoding unless told otherwise); closes them all at teardown."""
+    made: list[BatchExporter] = []
+
+    def make(url: str, start: bool = True, **settings: Any) -> BatchExporter:
+        settings.setdefault("encode", functools.partial(encode_zipkin, service_name="checkout"))
+        settings.setdefault("content_type", ZIPKIN_CONTENT_TYPE)
+        settings.setdefault("interval", 0.05)
+        exporter = BatchExporter(url, **settings)
+        made.append(exporter)
+        if start:
+            exporter.start()
+        return exporter
+
+    yield make
+    for exporter in made:
+        await exporter.close(deadline=0.5)
+
+
+def _closed_port() -> int:
+    """A loopback port with nothing listening: connections are refused."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r for r in caplog.records if r.name == "fastproxy.tracing" and r.levelno == logging.WARNING
+    ]
+
+
+# -- delivery --------------------------------------------------------------------------------
+
+
+async def test_zipkin_batch_reaches_the_collector(
+    collector: Collector, make_exporter: Callable[..., BatchExporter]
+) -> None:
+    exporter = make_exporter(
+        collector.url("/api/v2/spans"), headers=[("X-Tenant", "blue"), ("Authorization", "k")]
+    )
+    spans = [_span(i) for i in range(3)]
+    for span in spans:
+        exporter.submit(span)
+    await eventually(lambda: exporter.exported == 3)
+
+    (received,) = collector.received
+    assert received.path == "/api/v2/spans"
+    assert received.headers["Content-Type"] == "application/json"
+    assert received.headers["Content-Length"] == str(len(received.body))
+    assert received.headers["X-Tenant"] == "blue"
+    assert received.headers["Authorization"] == "k"
+    assert received.headers["Host"] == f"{HOST}:{collector.port}"
+    assert received.body == encode_zipkin(spans, "checkout")
+    assert [r["id"] for r in json.loads(received.body)] == [s.span_id for s in spans]
+    assert (exporter.exported, exporter.dropped, exporter.queued) == (3, 0, 0)
+
+
+async def test_otlp_batch_reaches_the_collector(
+    collector: Collector, make_exporter: Callable[..., BatchExporter]
+) -> None:
+    exporter = make_exporter(
+        collector.url("/v1/traces"),
+        encode=functools.partial(encode_otlp_json, service_name="checkout"),
+        content_type=OTLP_JSON_CONTENT_TYPE,
+    )
+    spans = [_span(i) for i in range(2)]
+    for span in spans:
+        exporter.submit(span)
+    await eventually(lambda: exporter.exported == 2)
+
+    (received,) = collector.received
+    assert received.path == "/v1/traces"
+    assert received.headers["Content-Type"] == "application/json"
+    assert received.body == encode_otlp_json(spans, "checkout")
+    document = json.loads(received.body)
+    (resource_spans,) = document["resourceSpans"]
+    (scope_spans,) = resource_spans["scopeSpans"]
+    assert [s["spanId"] for s in scope_spans["spans"]] == [s.span_id for s in spans]
+    assert exporter.dropped == 0
+
+
+async def test_exporter_keeps_exporting_batch_after_batch(
+    collector: Collector, make_exporter: Callable[..., BatchExporter]
+) -> None:
+    exporter = make_exporter(collector.url("/api/v2/spans"))
+    for round_ in range(3):
+        exporter.submit(_span(round_))
+        await eventually(lambda n=round_ + 1: exporter.exported == n)
+    assert len(collector.received) == 3
+    assert collector.zipkin_span_ids() == [_span(i).span_id for i in range(3)]
+
+
+async def test_a_full_batch_leaves_before_the_interval(
+    collector: Collector, make_exporter: Callable[..., BatchExporter]
+) -> None:
+    exporter = make_exporter(collector.url("/api/v2/spans"), interval=60.0, max_batch=4)
+    for i in range(3):
+        exporter.submit(_span(i))
+    await asyncio.sleep(0.2)
+    assert collector.received == []  # below max_batch the interval rules
+    exporter.submit(_span(3))
+    await eventually(lambda: exporter.exported == 4, timeout=2.0)
+    assert len(collector.received) == 1
+
+
+async def test_batches_hold_at_most_max_batch_spans(
+    collector: Collector, make_exporter: Callable[..., BatchExporter]
+) -> None:
+    exporter = make_exporter(collector.url("/x"), start=False, interval=60.0, max_batch=4)
+    for i in range(10):
+        exporter.submit(_span(i))
+    exporter.start()
+    await eventually(lambda: exporter.exported == 10, timeout=2.0)
+    assert [len(json.loads(r.body)) for r in collector.received] == [4, 4, 2]
+    assert collector.zipkin_span_ids() == [_span(i).span_id for i in range(10)]
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path, bytes]:
+    """A certificate for 127.0.0.1 (IP SAN), its key, and the PEM clients trust."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "collector")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert_pem)
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path, cert_pem
+
+
+@pytest.fixture
+async def tls_collector(
+    tmp_path: Path, start_collector: Callable[..., Any]
+) -> tuple[Collector, bytes]:
+    cert_path, key_path, cert_pem = _self_signed(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert_path, key_path)
+    collector: Collector = await start_collector(ssl_context=server_context)
+    return collector, cert_pem
+
+
+async def test_https_collector_with_a_trusted_certificate(
+    tls_collector: tuple[Collector, bytes], make_exporter: Callable[..., BatchExporter]
+) -> None:
+    collector, cert_pem = tls_collector
+    client_context = ssl.create_default_context(cadata=cert_pem.decode())
+    exporter = make_exporter(collector.url("/api/v2/spans", "https"), ssl_context=client_context)
+    exporter.submit(_span(0))
+    await eventually(lambda: exporter.exported == 1)
+    assert collector.zipkin_span_ids() == [_span(0).span_id]
+
+
+async def test_https_collector_with_an_untrusted_certificate_gets_nothing(
+    tls_collector: tuple[Collector, bytes],
+    make_exporter: Callable[..., BatchExporter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    collector, _ = tls_collector
+    exporter = make_exporter(collector.url("/api/v2/spans", "https"))  # system trust store
+    exporter.submit(_span(0))
+    await eventually(lambda: exporter.dropped == 1)
+    assert collector.received == []
+    assert exporter.exported == 0
+    (warning,) = _warnings(caplog)
+    assert "SSL" in warning.getMessage() or "certificate" in warning.getMessage()
+
+
+# -- failures ------------------------------------------------------------------------------
+
+
+async def test_collector_down_drops_spans_without_blocking_submit(
+    make_exporter: Callable[..., BatchExporter], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fastproxy.tracing")
+    exporter = make_exporter(f"http://{HOST}:{_closed_port()}/api/v2/spans")
+    started = time.perf_counter()
+    for i in range(5):
+        exporter.submit(_span(i))
+    assert time.perf_counter() - started < 0.05
+    await eventually(lambda: exporter.dropped == 5)
+    for i in range(5):
+        exporter.submit(_span(i))
+    await eventually(lambda: exporter.dropped == 10)
+
+    assert exporter.exported == 0
+    assert exporter.state is ExporterState.RUNNING
+    (warning,) = _warnings(caplog)  # one per failure streak, not one per batch
+    assert "5 spans dropped" in warning.getMessage()
+
+
+async def test_export_resumes_when_the_collector_comes_back(
+    start_collector: Callable[..., Any],
+    make_exporter: Callable[..., BatchExporter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="fastproxy.tracing")
+    port = free_port()
+    exporter = make_exporter(f"http://{HOST}:{port}/api/v2/spans")
+    exporter.submit(_span(0))
+    await eventually(lambda: exporter.dropped == 1)
+
+    collector: Collector = await start_collector(port=port)
+    exporter.submit(_span(1))
+    await eventually(lambda: exporter.exported == 1)
+    assert collector.zipkin_span_ids() == [_span(1).span_id]
+    assert len(_warnings(caplog)) == 1
+    assert any("works again" in r.getMessage() for r in caplog.records)
+
+    exporter.submit(_span(2))  # a new failure streak would warn again
+    await eventually(lambda: exporter.exported == 2)
+    assert len(_warnings(caplog)) == 1
+
+
+async def test_stalled_collector_costs_one_batch_after_the_timeout(
+    collector: Collector,
+    make_exporter: Callable[..., BatchExporter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    collector.stall = True
+    exporter = make_exporter(collector.url("/api/v2/spans"), timeout=0.3)
+    started = time.monotonic()
+    for i in range(5):
+        exporter.submit(_span(i))
+    await eventually(lambda: len(collector.received) == 1)
+
+    # While the POST hangs, submitting stays immediate and only queues.
+    submit_started = time.perf_counter()
+    for i in range(1000):
+        exporter.submit(_span(i))
+    assert time.perf_counter() - submit_started < 0.1
+    assert exporter.queued == 1000
+
+    await eventually(lambda: exporter.dropped >= 5)
+    elapsed = time.monotonic() - started
+    assert 0.3 <= elapsed < 1.3
+    assert exporter.dropped == 5
+    assert exporter.exported == 0
+    (warning,) = _warnings(caplog)
+    assert "no answer within 0.3s" in warning.getMessage()
+
+
+async def test_collector_error_status_drops_the_batch(
+    collector: Collector,
+    make_exporter: Callable[..., BatchExporter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    collector.status = 503
+    exporter = make_exporter(collector.url("/api/v2/spans"))
+    for i in range(3):
+        exporter.submit(_span(i))
+    await eventually(lambda: exporter.dropped == 3)
+    assert len(collector.received) == 1
+    assert exporter.exported == 0
+    (warning,) = _warnings(caplog)
+    assert "HTTP 503" in warning.getMessage()
+
+
+async def test_failing_collector_sees_one_attempt_per_interval(
+    collector: Collector, make_exporter: Callable[..., BatchExporter]
+) -> None:
+    collector.status = 500
+    exporter = make_exporter(collector.url("/x"), interval=0.6, max_batch=2)
+    for i in range(2):
+        exporter.submit(_span(i))  # a full batch: sent at once, and refused
+    await eventually(lambda: exporter.dropped == 2, timeout=0.4)
+    for i in range(2, 6):
+        exporter.submit(_span(i))  # full batches again, but no early retry while failing
+    await asyncio.sleep(0.3)
+    assert len(collector.received) == 1
+    assert exporter.queued == 4
+    await eventually(lambda: len(collector.received) == 2, timeout=2.0)
+
+
+async def test_collector_closing_without_an_answer_drops_the_batch(
+    make_exporter: Callable[..., BatchExporter],
+) -> None:
+    requests: list[bytes] = []
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(hang_up, HOST, 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        exporter = make_exporter(f"http://{HOST}:{port}/api/v2/spans")
+        for i in range(2):
+            exporter.submit(_span(i))
+        await eventually(lambda: exporter.dropped == 2)
+        assert exporter.exported == 0
+        (head,) = requests
+        assert head.startswith(b"POST /api/v2/spans HTTP/1.1\r\n")
+        assert b"\r\nConnection: close\r\n" in head
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_queue_overflow_counts_every_dropped_span(
+    collector: Collector, make_exporter: Callable[..., BatchExporter]
+) -> None:
+    exporter = make_exporter(collector.url("/x"), start=False, max_queue=10, max_batch=100)
+    for i in range(25):
+        exporter.submit(_span(i))
+    assert (exporter.queued, exporter.dropped) == (10, 15)
+
+    await exporter.close()
+    assert (exporter.exported, exporter.dropped, exporter.queued) == (10, 15, 0)
+    assert collector.zipkin_span_ids() == [_span(i).span_id for i in range(10)]
+
+
+async def test_close_flushes_what_is_queued(
+    collector: Collector, make_exporter: Callable[..., BatchExporter]
+) -> None:
+    exporter = make_exporter(collector.url("/x"), interval=60.0)
+    for i in range(7):
+        exporter.submit(_span(i))
+    await asyncio.sleep(0.05)
+    assert collector.received == []
+
+    await exporter.close()
+    assert collector.zipkin_span_ids() == [_span(i).span_id for i in range(7)]
+    assert (exporter.exported, exporter.dropped) == (7, 0)
+    assert exporter.state is ExporterState.CLOSED
+
+    exporter.submit(_span(7))  # too late: counted, not kept
+    assert (exporter.queued, exporter.dropped) == (0, 1)
+    await exporter.close()  # idempotent
+
+
+async def test_close_gives_up_at_its_deadline(
+    collector: Collector, make_exporter: Callable[..., BatchExporter]
+) -> None:
+    collector.stall = True
+    exporter = make_exporter(collector.url("/x"), interval=60.0, timeout=30.0, max_batch=2)
+    for i in range(5):
+        exporter.submit(_span(i))
+    await eventually(lambda: len(collector.received) == 1)
+
+    started = time.monotonic()
+    await exporter.close(deadline=0.3)
+    assert 0.25 <= time.monotonic() - started < 1.0
+    assert (exporter.exported, exporter.dropped, exporter.queued) == (0, 5, 0)
+    assert exporter.state is ExporterState.CLOSED
+    assert repr(exporter) == (
+        f"<BatchExporter closed {collector.url('/x')} queued=0 exported=0 dropped=5>"
+    )

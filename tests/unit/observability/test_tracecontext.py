@@ -1,0 +1,232 @@
+"""W3C trace context: traceparent parsing, tracestate checks, id minting, sampling."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+
+from fastproxy.observability.tracecontext import (
+    DEFAULT_SAMPLING_RATE,
+    Sampler,
+    format_traceparent,
+    new_span_id,
+    new_trace_id,
+    parse_sampling_rate,
+    parse_traceparent,
+    valid_tracestate,
+)
+
+TRACE_ID = b"4bf92f3577b34da6a3ce929d0e0e4736"
+SPAN_ID = b"00f067aa0ba902b7"
+VALID = b"00-" + TRACE_ID + b"-" + SPAN_ID + b"-01"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(VALID, (TRACE_ID, SPAN_ID, True), id="sampled"),
+        pytest.param(VALID[:-2] + b"00", (TRACE_ID, SPAN_ID, False), id="not-sampled"),
+        pytest.param(VALID[:-2] + b"03", (TRACE_ID, SPAN_ID, True), id="flags-odd-other-bits"),
+        pytest.param(VALID[:-2] + b"02", (TRACE_ID, SPAN_ID, False), id="flags-even-other-bits"),
+        pytest.param(VALID[:-2] + b"ff", (TRACE_ID, SPAN_ID, True), id="flags-ff"),
+        pytest.param(b"  " + VALID + b"\t ", (TRACE_ID, SPAN_ID, True), id="ows-around"),
+        pytest.param(b"\t" + VALID, (TRACE_ID, SPAN_ID, True), id="leading-tab"),
+        pytest.param(b"01" + VALID[2:], (TRACE_ID, SPAN_ID, True), id="future-version-exact"),
+        pytest.param(
+            b"cc" + VALID[2:] + b"-what-the-future-holds",
+            (TRACE_ID, SPAN_ID, True),
+            id="future-version-extra-field",
+        ),
+        pytest.param(b"fe" + VALID[2:] + b"-", (TRACE_ID, SPAN_ID, True), id="version-fe-dash"),
+        pytest.param(b"ff" + VALID[2:], None, id="version-ff"),
+        pytest.param(VALID + b"-extra", None, id="version-00-extra-field"),
+        pytest.param(VALID + b"0", None, id="version-00-too-long"),
+        pytest.param(b"01" + VALID[2:] + b"0", None, id="future-version-no-dash-after-flags"),
+        pytest.param(VALID[:-1], None, id="too-short"),
+        pytest.param(b"", None, id="empty"),
+        pytest.param(b"   ", None, id="blank"),
+        pytest.param(VALID.upper(), None, id="uppercase-hex"),
+        pytest.param(b"00-" + TRACE_ID.upper() + b"-" + SPAN_ID + b"-01", None, id="upper-trace"),
+        pytest.param(b"00-" + TRACE_ID + b"-" + SPAN_ID.upper() + b"-01", None, id="upper-span"),
+        pytest.param(VALID[:-2] + b"0A", None, id="upper-flags"),
+        pytest.param(b"0A" + VALID[2:], None, id="upper-version"),
+        pytest.param(b"00-" + b"0" * 32 + b"-" + SPAN_ID + b"-01", None, id="zero-trace-id"),
+        pytest.param(b"00-" + TRACE_ID + b"-" + b"0" * 16 + b"-01", None, id="zero-span-id"),
+        pytest.param(b"00-" + TRACE_ID[:-1] + b"-" + SPAN_ID + b"-012", None, id="short-trace"),
+        pytest.param(b"00-" + TRACE_ID + b"-" + SPAN_ID[:-1] + b"-012", None, id="short-span"),
+        pytest.param(b"00-" + TRACE_ID + b"-" + SPAN_ID + b"-1", None, id="short-flags"),
+        pytest.param(b"00_" + TRACE_ID + b"-" + SPAN_ID + b"-01", None, id="wrong-separator"),
+        pytest.param(b"00-" + TRACE_ID[:-1] + b"g-" + SPAN_ID + b"-01", None, id="non-hex"),
+        pytest.param(b"00-" + TRACE_ID[:-1] + b"--" + SPAN_ID + b"-01", None, id="extra-dash"),
+        pytest.param(
+            b"00-" + TRACE_ID[:10] + b"-" + TRACE_ID[11:] + b"-" + SPAN_ID + b"-01",
+            None,
+            id="dash-inside-trace-id",
+        ),
+        pytest.param(b"0x-" + TRACE_ID + b"-" + SPAN_ID + b"-01", None, id="non-hex-version"),
+        pytest.param(VALID.replace(b"-", b" "), None, id="spaces-for-dashes"),
+    ],
+)
+def test_parse_traceparent(value: bytes, expected: tuple[bytes, bytes, bool] | None) -> None:
+    assert parse_traceparent(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        pytest.param(b"congo=t61rcWkgMzE", True, id="one-member"),
+        pytest.param(b"rojo=00f067aa0ba902b7,congo=t61rcWkgMzE", True, id="two-members"),
+        pytest.param(b"rojo=1 , \tcongo=2", True, id="ows-between"),
+        pytest.param(b"a=1,,b=2", True, id="empty-member-skipped"),
+        pytest.param(b"tenant@vendor=v", True, id="multi-tenant-key"),
+        pytest.param(b"1tenant@vendor=v", True, id="tenant-starts-with-digit"),
+        pytest.param(b"a_b-c*d/e=x", True, id="key-punctuation"),
+        pytest.param(b"k=a b", True, id="value-inner-space"),
+        pytest.param(b"k=!~:;\"'", True, id="value-punctuation"),
+        pytest.param(",".join(f"k{i}=v" for i in range(32)).encode(), True, id="32-members"),
+        pytest.param(b"k=" + b"v" * 256, True, id="value-256"),
+        pytest.param(b"k" * 256 + b"=v", True, id="key-256"),
+        pytest.param(",".join(f"k{i}=v" for i in range(33)).encode(), False, id="33-members"),
+        pytest.param(b"", False, id="empty"),
+        pytest.param(b" , ", False, id="only-empty-members"),
+        pytest.param(b"Congo=t61", False, id="uppercase-key"),
+        pytest.param(b"1congo=t61", False, id="simple-key-starts-with-digit"),
+        pytest.param(b"=v", False, id="empty-key"),
+        pytest.param(b"k=", False, id="empty-value"),
+        pytest.param(b"k", False, id="no-equals"),
+        pytest.param(b"k=a=b", False, id="equals-in-value"),
+        pytest.param(b"k=a\x7f", False, id="value-del"),
+        pytest.param(b"k=\xc3\xa9", False, id="value-non-ascii"),
+        pytest.param(b"k=a\tb", False, id="value-tab"),
+        pytest.param(b"k.x=v", False, id="key-dot"),
+        pytest.param(b"a@b@c=v", False, id="two-at"),
+        pytest.param(b"@vendor=v", False, id="empty-tenant"),
+        pytest.param(b"tenant@=v", False, id="empty-system"),
+        pytest.param(b"tenant@1vendor=v", False, id="system-starts-with-digit"),
+        pytest.param(b"t@" + b"v" * 15 + b"=x", False, id="system-too-long"),
+        pytest.param(b"k" * 257 + b"=v", False, id="key-too-long"),
+        pytest.param(b"k=" + b"v" * 257, False, id="value-too-long"),
+        pytest.param(b"a=1,a=2", False, id="duplicate-key"),
+    ],
+)
+def test_valid_tracestate(value: bytes, valid: bool) -> None:
+    assert valid_tracestate(value) is valid
+
+
+def test_tracestate_is_forwarded_only_up_to_512_bytes() -> None:
+    at_limit = b"a=" + b"x" * 254 + b",b=" + b"x" * 253
+    assert len(at_limit) == 512
+    assert valid_tracestate(at_limit)
+    assert not valid_tracestate(at_limit + b"x")
+
+
+def test_new_ids_are_lowercase_hex_of_the_right_length_and_vary() -> None:
+    trace_ids = {new_trace_id() for _ in range(200)}
+    span_ids = {new_span_id() for _ in range(200)}
+    assert len(trace_ids) == 200
+    assert len(span_ids) == 200
+    assert all(re.fullmatch(rb"[0-9a-f]{32}", t) and t != b"0" * 32 for t in trace_ids)
+    assert all(re.fullmatch(rb"[0-9a-f]{16}", s) and s != b"0" * 16 for s in span_ids)
+
+
+def test_new_ids_round_trip_through_traceparent() -> None:
+    trace_id, span_id = new_trace_id(), new_span_id()
+    assert parse_traceparent(format_traceparent(trace_id, span_id, True)) == (
+        trace_id,
+        span_id,
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("sampled", "expected"),
+    [
+        pytest.param(True, b"00-" + TRACE_ID + b"-" + SPAN_ID + b"-01", id="sampled"),
+        pytest.param(False, b"00-" + TRACE_ID + b"-" + SPAN_ID + b"-00", id="not-sampled"),
+    ],
+)
+def test_format_traceparent(sampled: bool, expected: bytes) -> None:
+    assert format_traceparent(TRACE_ID, SPAN_ID, sampled) == expected
+
+
+def _trace_id_with_low(low: int) -> bytes:
+    """A trace id whose lower 64 bits (the part the ratio sampler reads) are `low`."""
+    return b"%016x%016x" % (0xDEADBEEF, low)
+
+
+HALF_BOUND = 1 << 62  # int(0.5 * 2**63): ids with (low >> 1) below this are sampled
+
+
+@pytest.mark.parametrize(
+    ("rate", "trace_id", "expected"),
+    [
+        pytest.param(1.0, _trace_id_with_low(2**64 - 1), True, id="rate-1-highest-id"),
+        pytest.param(1.0, _trace_id_with_low(0), True, id="rate-1-lowest-id"),
+        pytest.param(0.0, _trace_id_with_low(0), False, id="rate-0-lowest-id"),
+        pytest.param(0.0, _trace_id_with_low(1), False, id="rate-0-id-1"),
+        pytest.param(0.5, _trace_id_with_low((HALF_BOUND - 1) << 1 | 1), True, id="half-below"),
+        pytest.param(0.5, _trace_id_with_low(HALF_BOUND << 1), False, id="half-at-bound"),
+        pytest.param(2.0, _trace_id_with_low(2**64 - 1), True, id="above-1-clamped"),
+        pytest.param(-1.0, _trace_id_with_low(0), False, id="negative-clamped"),
+        pytest.param(math.nan, _trace_id_with_low(0), False, id="nan-never"),
+        pytest.param(1e-4, _trace_id_with_low(0), True, id="default-rate-low-id"),
+        pytest.param(1e-4, _trace_id_with_low(2**60), False, id="default-rate-high-id"),
+    ],
+)
+def test_sampler_root_trace_follows_the_ratio(rate: float, trace_id: bytes, expected: bool) -> None:
+    assert Sampler(rate).sampled(trace_id, None) is expected
+
+
+def test_sampler_ignores_the_upper_half_of_the_trace_id() -> None:
+    sampler = Sampler(0.5)
+    low = b"%016x" % (HALF_BOUND << 1)
+    assert not sampler.sampled(b"0" * 16 + low, None)
+    assert not sampler.sampled(b"f" * 16 + low, None)
+
+
+@pytest.mark.parametrize("rate", [pytest.param(0.0, id="rate-0"), pytest.param(1.0, id="rate-1")])
+@pytest.mark.parametrize(
+    "parent_sampled", [pytest.param(True, id="parent-sampled"), pytest.param(False, id="not")]
+)
+def test_sampler_follows_the_parent_whatever_the_rate(rate: float, parent_sampled: bool) -> None:
+    sampler = Sampler(rate)
+    for trace_id in (_trace_id_with_low(0), _trace_id_with_low(2**64 - 1)):
+        assert sampler.sampled(trace_id, parent_sampled) is parent_sampled
+
+
+@pytest.mark.parametrize(
+    ("rate", "expected"), [(-3.0, 0.0), (0.25, 0.25), (7.0, 1.0), (math.inf, 1.0)]
+)
+def test_sampler_clamps_its_rate(rate: float, expected: float) -> None:
+    assert Sampler(rate).rate == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("1", 1.0, id="one"),
+        pytest.param("0", 0.0, id="zero"),
+        pytest.param("0.5", 0.5, id="half"),
+        pytest.param(" 0.25 ", 0.25, id="whitespace"),
+        pytest.param("1e-3", 1e-3, id="exponent"),
+        pytest.param(b"0.5", 0.5, id="bytes"),
+        pytest.param(0.75, 0.75, id="float"),
+        pytest.param(1, 1.0, id="int"),
+        pytest.param("2", 1.0, id="above-one-clamped"),
+        pytest.param("-0.5", 0.0, id="negative-clamped"),
+        pytest.param("", DEFAULT_SAMPLING_RATE, id="empty"),
+        pytest.param("  ", DEFAULT_SAMPLING_RATE, id="blank"),
+        pytest.param("often", DEFAULT_SAMPLING_RATE, id="unparsable"),
+        pytest.param("nan", DEFAULT_SAMPLING_RATE, id="nan"),
+        pytest.param("inf", DEFAULT_SAMPLING_RATE, id="infinite"),
+        pytest.param(math.inf, DEFAULT_SAMPLING_RATE, id="infinite-float"),
+        pytest.param(None, DEFAULT_SAMPLING_RATE, id="none"),
+        pytest.param(True, DEFAULT_SAMPLING_RATE, id="bool"),
+        pytest.param([0.5], DEFAULT_SAMPLING_RATE, id="list"),
+    ],
+)
+def test_parse_sampling_rate(text: object, expected: float) -> None:
+    assert parse_sampling_rate(text) == expected
+    assert DEFAULT_SAMPLING_RATE == 1e-4
