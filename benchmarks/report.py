@@ -17,11 +17,39 @@ TARGETS: tuple[str, ...] = (DIRECT, NGINX, RELAY, FASTPROXY)
 # The retry case: its own targets, in front of benchmarks/flaky_app.py rather than nginx.
 RETRY_CASE = "small-c50-retry"
 FASTPROXY_HEALTHY = "fastproxy-healthy"  # no policy, app never fails: the baseline
-FASTPROXY_RETRY = "fastproxy-retry"  # retry policy, app fails every 3rd request
-NGINX_RETRY = "nginx-retry"  # proxy_next_upstream http_503, same failing app
-RETRY_TARGETS: tuple[str, ...] = (FASTPROXY_HEALTHY, FASTPROXY_RETRY, NGINX_RETRY)
+FASTPROXY_RETRY = "fastproxy-retry"  # retry policy, app fails 1 in 3 per connection
+FASTPROXY_RETRY_SHARED = "fastproxy-retry-shared"  # same policy, app fails 1 in 3 overall
+NGINX_RETRY = "nginx-retry"  # proxy_next_upstream http_503, app fails 1 in 3 per connection
+RETRY_TARGETS: tuple[str, ...] = (
+    FASTPROXY_HEALTHY,
+    FASTPROXY_RETRY,
+    FASTPROXY_RETRY_SHARED,
+    NGINX_RETRY,
+)
+# flaky_app's --count: each connection counts its own requests, or one counter for all.
+COUNT_CONNECTION = "connection"
+COUNT_PROCESS = "process"
 # The policy's maxRetries (run.RESILIENCY_YAML), for the expected figures in the verdict.
 RETRY_MAX_RETRIES = 3
+
+# The observability case: the load of small-c50 through fastproxy with all observability off
+# (the baseline, as the plain fastproxy target runs), with metrics on and W3C trace
+# propagation (samplingRate 0), and with metrics on and every request traced and its span
+# exported to benchmarks/collector.py (Zipkin).
+OBS_CASE = "small-c50-obs"
+FASTPROXY_OBS_OFF = "fastproxy-obs-off"
+FASTPROXY_METRICS = "fastproxy-metrics"
+FASTPROXY_TRACED = "fastproxy-traced"
+OBS_TARGETS: tuple[str, ...] = (FASTPROXY_OBS_OFF, FASTPROXY_METRICS, FASTPROXY_TRACED)
+# The issue's bar for it: CPU per request relative to fastproxy-obs-off.
+OBS_METRICS_CPU_MAX = 1.10
+OBS_TRACED_CPU_MAX = 1.35
+# What each row turns on, for the table: (metrics, tracing).
+OBS_ROW_SETUP: dict[str, tuple[str, str]] = {
+    FASTPROXY_OBS_OFF: ("off", "off"),
+    FASTPROXY_METRICS: ("on", "rate 0"),
+    FASTPROXY_TRACED: ("on", "rate 1, zipkin"),
+}
 
 # The issue's bar, checked on the small-body, 50-connection case.
 VERDICT_CASE = "small-c50"
@@ -61,11 +89,22 @@ class Measurement:
     system_busy_cores: float | None = None
     other_cores: float | None = None
     # Retry case only (flaky_app's /_stats around the measured run): requests the app
-    # received, how many it failed on purpose, connections it accepted, and its --fail-every.
+    # received, how many it failed on purpose, connections it accepted, its --fail-every and
+    # its --count (COUNT_CONNECTION or COUNT_PROCESS; None in results from before --count).
     app_requests: int | None = None
     app_failed: int | None = None
     app_connections: int | None = None
     app_fail_every: int | None = None
+    app_fail_count: str | None = None
+    # Observability case, rows exporting spans only (benchmarks/collector.py's /_stats):
+    # spans the collector received during the measured run, spans that arrived after it
+    # (the exporter's batch still queued when wrk stopped), the POSTs and body bytes
+    # received during the run, and the collector's own CPU per request.
+    spans_received: int | None = None
+    spans_late: int | None = None
+    collector_posts: int | None = None
+    collector_bytes: int | None = None
+    collector_cpu_us_per_req: float | None = None
     error: str | None = None
     wrk_output: str = ""
 
@@ -196,9 +235,12 @@ def table_rows(measurements: Sequence[Measurement]) -> list[list[str]]:
 def _columns_and_rows(
     measurements: Sequence[Measurement],
 ) -> tuple[tuple[str, ...], list[list[str]]]:
-    """The retry case has a table of its own; every other case the common one."""
+    """The retry and observability cases have tables of their own; every other case the
+    common one."""
     if measurements and all(m.case == RETRY_CASE for m in measurements):
         return RETRY_COLUMNS, retry_table_rows(measurements)
+    if measurements and all(m.case == OBS_CASE for m in measurements):
+        return OBS_COLUMNS, obs_table_rows(measurements)
     return COLUMNS, table_rows(measurements)
 
 
@@ -235,6 +277,8 @@ def case_title(m: Measurement, duration_s: float) -> str:
     )
     if m.case == RETRY_CASE:
         title += "; app: benchmarks/flaky_app.py"
+    elif m.case == OBS_CASE:
+        title += "; spans to benchmarks/collector.py"
     return title
 
 
@@ -252,11 +296,16 @@ def app_requests_per_request(m: Measurement) -> float | None:
     return ratio(None if m.app_requests is None else float(m.app_requests), float(m.requests))
 
 
-def fail_every_label(fail_every: int | None) -> str:
-    """How often the app fails, for the table: ``1 in 3``, ``never`` or ``-``."""
+def fail_every_label(fail_every: int | None, count: str | None = None) -> str:
+    """How often the app fails, for the table: ``1 in 3 per conn`` (each connection's 3rd,
+    6th, ... request), ``1 in 3 shared`` (one counter for all connections), ``never`` or
+    ``-``; plain ``1 in 3`` when the counting mode is not known."""
     if fail_every is None:
         return "-"
-    return "never" if fail_every == 0 else f"1 in {fail_every}"
+    if fail_every == 0:
+        return "never"
+    suffix = {COUNT_CONNECTION: " per conn", COUNT_PROCESS: " shared"}.get(count or "", "")
+    return f"1 in {fail_every}{suffix}"
 
 
 def expected_retry_figures(fail_every: int, max_retries: int) -> tuple[float, float]:
@@ -267,7 +316,7 @@ def expected_retry_figures(fail_every: int, max_retries: int) -> tuple[float, fl
     to a single request: where its retry lands among the others' requests is arbitrary. With
     N = 3 and 3 retries: (1/3)^4 = 1.23 % of requests fail all 4 attempts and the app gets
     1 + 1/3 + 1/9 + 1/27 = 1.481 requests per request. (With one connection the pattern is
-    strict and a retry never fails: 0 %, 1.5.)
+    strict and a retry never fails: 0 %, 1.5; see expected_per_connection_figures.)
     """
     if fail_every <= 0:
         return 0.0, 1.0
@@ -275,12 +324,29 @@ def expected_retry_figures(fail_every: int, max_retries: int) -> tuple[float, fl
     return p ** (max_retries + 1), sum(p**k for k in range(max_retries + 1))
 
 
+def expected_per_connection_figures(fail_every: int, max_retries: int) -> tuple[float, float]:
+    """The same two figures when each connection's N-th, 2N-th, ... request fails and every
+    retry goes out at once on the connection whose failure it follows (as fastproxy sends a
+    retry that is due at once): the retry is that connection's next request, so with N >= 2
+    it never fails. With N = 3 and any retries: 0 % errors, 3/2 = 1.500 requests per request.
+    """
+    if fail_every <= 0:
+        return 0.0, 1.0
+    if fail_every == 1:  # every attempt fails
+        return 1.0, float(max_retries + 1)
+    if max_retries == 0:
+        return 1.0 / fail_every, 1.0
+    return 0.0, fail_every / (fail_every - 1)
+
+
 @dataclass(frozen=True)
 class RetryVerdict:
     """The retry case's bar: PASS when fastproxy-retry shows the client no error at all.
 
     ``rps_cost`` is fastproxy-retry rps / fastproxy-healthy rps ("rps cost of retries"),
-    ``app_ratio`` the app's received requests per client request under fastproxy-retry.
+    ``app_ratio`` the app's received requests per client request under fastproxy-retry;
+    ``shared_client_errors`` and ``shared_error_share`` the client-visible errors of
+    fastproxy-retry-shared (reported against the independent-failure expectation, not judged).
     """
 
     status: str
@@ -288,6 +354,30 @@ class RetryVerdict:
     client_errors: int | None = None
     rps_cost: float | None = None
     app_ratio: float | None = None
+    shared_client_errors: int | None = None
+    shared_error_share: float | None = None
+
+
+def _percent(share: float | None) -> str:
+    return _f(None if share is None else share * 100, ".2f")
+
+
+def _expectation(m: Measurement, max_retries: int) -> str:
+    """What the app's failure pattern predicts for a fastproxy row, in parentheses ("" when
+    the app never fails): per connection for COUNT_CONNECTION, independent otherwise."""
+    n = m.app_fail_every
+    if not n:
+        return ""
+    if m.app_fail_count == COUNT_CONNECTION:
+        share, per_request = expected_per_connection_figures(n, max_retries)
+        model = (
+            f"if each connection fails its requests {n}, {2 * n}, ... and a retry reuses "
+            "the connection that failed"
+        )
+    else:
+        share, per_request = expected_retry_figures(n, max_retries)
+        model = f"if each attempt failed 1 in {n} independently"
+    return f" ({model}: {share * 100:.2f} % errors, {per_request:.3f} requests per request)"
 
 
 def retry_verdict(
@@ -295,11 +385,13 @@ def retry_verdict(
     case: str = RETRY_CASE,
     max_retries: int = RETRY_MAX_RETRIES,
 ) -> RetryVerdict:
-    """PASS iff fastproxy-retry completed its run with 0 client-visible errors.
+    """PASS iff fastproxy-retry (app failing 1 in 3 per connection) completed its run with
+    0 client-visible errors.
 
-    The message also gives the error share and app requests per request that independent
-    failures would predict (expected_retry_figures), to tell a policy that retries as
-    configured from one that does not.
+    The message also gives the error share and app requests per request that the app's
+    failure pattern predicts, and fastproxy-retry-shared's errors against what independent
+    failures predict (expected_retry_figures), to tell a policy that retries as configured
+    from one that does not; then nginx-retry's figures.
     """
     ok = _by_target(m for m in measurements if m.case == case)
     fp = ok.get(FASTPROXY_RETRY)
@@ -321,15 +413,21 @@ def retry_verdict(
     msg = (
         f"{case}: {FASTPROXY_RETRY} {errors} client-visible errors "
         f"({fp.non_2xx_3xx} non-2xx/3xx, {fp.socket_errors} socket) in {fp.requests:,} "
-        f"requests = {_f(None if share is None else share * 100, '.2f')} % "
+        f"requests = {_percent(share)} % "
         f"(need 0: {'ok' if status == 'PASS' else 'NO'}); {cost_text}; app received "
-        f"{_f(app_r, '.3f')} requests per client request"
+        f"{_f(app_r, '.3f')} requests per client request{_expectation(fp, max_retries)}"
     )
-    if fp.app_fail_every:
-        exp_share, exp_ratio = expected_retry_figures(fp.app_fail_every, max_retries)
+    shared = ok.get(FASTPROXY_RETRY_SHARED)
+    shared_errors = shared_share = None
+    if shared is not None:
+        shared_errors = client_errors(shared)
+        shared_share = ratio(float(shared_errors), float(shared.requests))
         msg += (
-            f" (if each attempt failed 1 in {fp.app_fail_every} independently: "
-            f"{exp_share * 100:.2f} % errors, {exp_ratio:.3f} requests per request)"
+            f"; {FASTPROXY_RETRY_SHARED} (app fails "
+            f"{fail_every_label(shared.app_fail_every, shared.app_fail_count)}): "
+            f"{shared_errors} errors in {shared.requests:,} requests = {_percent(shared_share)} "
+            f"%, {shared.rps or 0:,.0f} rps, {_f(app_requests_per_request(shared), '.3f')} app "
+            f"requests per request{_expectation(shared, max_retries)}"
         )
     ng = ok.get(NGINX_RETRY)
     if ng is not None:
@@ -337,7 +435,7 @@ def retry_verdict(
             f"; {NGINX_RETRY}: {client_errors(ng)} errors, {ng.rps or 0:,.0f} rps, "
             f"{_f(app_requests_per_request(ng), '.3f')} app requests per request"
         )
-    return RetryVerdict(status, msg, errors, cost, app_r)
+    return RetryVerdict(status, msg, errors, cost, app_r, shared_errors, shared_share)
 
 
 RETRY_COLUMNS: tuple[str, ...] = (
@@ -359,22 +457,23 @@ RETRY_COLUMNS: tuple[str, ...] = (
 def retry_table_rows(measurements: Sequence[Measurement]) -> list[list[str]]:
     """One row per target of the retry case, in RETRY_COLUMNS order.
 
-    ``rps/healthy`` is relative to fastproxy-healthy (for fastproxy-retry: the rps cost of
-    retries); ``app us/req`` and ``app req/req`` are per request the client completed.
+    ``app fails`` is fail_every_label; ``rps/healthy`` is relative to fastproxy-healthy (for
+    fastproxy-retry: the rps cost of retries); ``app us/req`` and ``app req/req`` are per
+    request the client completed.
     """
     healthy = _by_target(measurements).get(FASTPROXY_HEALTHY)
     rows: list[list[str]] = []
     for m in measurements:
         if m.error is not None:
             rows.append(
-                [m.target, fail_every_label(m.app_fail_every), "ERROR"]
+                [m.target, fail_every_label(m.app_fail_every, m.app_fail_count), "ERROR"]
                 + ["-"] * (len(RETRY_COLUMNS) - 3)
             )
             continue
         rows.append(
             [
                 m.target,
-                fail_every_label(m.app_fail_every),
+                fail_every_label(m.app_fail_every, m.app_fail_count),
                 _f(m.rps, ",.0f"),
                 _f(ratio(m.rps, healthy.rps if healthy else None), ".2f"),
                 _f(m.p50_ms, ".3f"),
@@ -399,4 +498,207 @@ def retry_figures(m: Measurement, measurements: Sequence[Measurement]) -> dict[s
         "client_errors": client_errors(m),
         "rps_vs_healthy": ratio(m.rps, healthy.rps if healthy else None),
         "app_requests_per_request": app_requests_per_request(m),
+    }
+
+
+# --------------------------------------------------------------------------- observability case
+
+
+def spans_total(m: Measurement) -> int | None:
+    """Spans the collector received for the run: during it plus the batch that arrived after
+    it (None when the row exports no spans)."""
+    if m.spans_received is None:
+        return None
+    return m.spans_received + (m.spans_late or 0)
+
+
+def spans_per_request(m: Measurement) -> float | None:
+    """Spans received during the run per request wrk completed (one span per request)."""
+    spans = None if m.spans_received is None else float(m.spans_received)
+    return ratio(spans, float(m.requests))
+
+
+@dataclass(frozen=True)
+class ObsVerdict:
+    """The observability case's bar: PASS when CPU per request of fastproxy-metrics is at
+    most OBS_METRICS_CPU_MAX and that of fastproxy-traced at most OBS_TRACED_CPU_MAX times
+    fastproxy-obs-off's.
+
+    ``*_cpu_ratio`` and ``*_rps_ratio`` are relative to fastproxy-obs-off; ``spans_received``
+    (during the run), ``spans_late`` (after it) and ``spans_requests`` are fastproxy-traced's
+    (reported, not judged).
+    """
+
+    status: str
+    message: str
+    metrics_cpu_ratio: float | None = None
+    traced_cpu_ratio: float | None = None
+    metrics_rps_ratio: float | None = None
+    traced_rps_ratio: float | None = None
+    spans_received: int | None = None
+    spans_late: int | None = None
+    spans_requests: int | None = None
+
+
+def _latencies(m: Measurement) -> str:
+    return f"p50 {_f(m.p50_ms, '.3f')} / p99 {_f(m.p99_ms, '.3f')} ms"
+
+
+def _obs_row_text(
+    m: Measurement | None, row: str, base: Measurement, cpu_r: float | None, cpu_max: float
+) -> tuple[str, bool | None]:
+    """One judged row's part of the message and whether it meets its bar (None: no figure)."""
+    if m is None:
+        return f"{row}: no successful run", None
+    if cpu_r is None:
+        return f"{row}: CPU figure missing", None
+    ok = cpu_r <= cpu_max
+    rps_r = ratio(m.rps, base.rps)
+    text = (
+        f"{row} CPU {m.proxy_cpu_us_per_req:.1f} us/req = {cpu_r:.2f}x (need <= {cpu_max:.2f}: "
+        f"{'ok' if ok else 'NO'}), {m.rps or 0:,.0f} rps = {_f(rps_r, '.2f')}x, {_latencies(m)}"
+    )
+    return text, ok
+
+
+def _spans_text(m: Measurement) -> str:
+    """fastproxy-traced's spans against its requests, for the verdict line.
+
+    One span per request: the spans received during the run fall short of the requests by
+    the batch still queued in the exporter when wrk stopped, which arrives after the run
+    (``spans_late``); the total exceeds them by the requests still in flight when wrk
+    stopped (the proxy finishes them, wrk does not count them). A total below the requests
+    means spans were lost (the exporter drops them when its queue is full).
+    """
+    if m.spans_received is None:
+        return f"{FASTPROXY_TRACED} spans: not counted"
+    total = spans_total(m) or 0
+    diff = total - m.requests
+    share = ratio(float(m.spans_received), float(m.requests))
+    if diff >= 0:
+        verdict = "no span missing; the surplus are requests in flight when wrk stopped"
+    else:
+        verdict = f"{-diff:,} spans MISSING: dropped by the exporter or lost"
+    return (
+        f"spans received {m.spans_received:,} during the run ({_percent(share)} % of "
+        f"{m.requests:,} requests) + {m.spans_late or 0:,} after it (the batch still queued "
+        f"when wrk stopped) = {total:,} ({diff:+,} against requests: {verdict})"
+    )
+
+
+def obs_verdict(
+    measurements: Sequence[Measurement],
+    case: str = OBS_CASE,
+    metrics_max: float = OBS_METRICS_CPU_MAX,
+    traced_max: float = OBS_TRACED_CPU_MAX,
+) -> ObsVerdict:
+    """Check CPU per request of fastproxy-metrics <= metrics_max and of fastproxy-traced <=
+    traced_max times fastproxy-obs-off's.
+
+    FAIL as soon as one measured ratio is over its bar; otherwise SKIPPED while a row or
+    figure is missing, else PASS. The message also gives the rps ratios, p50/p99 of every
+    row and fastproxy-traced's spans received against its requests.
+    """
+    ok = _by_target(m for m in measurements if m.case == case)
+    base = ok.get(FASTPROXY_OBS_OFF)
+    if base is None or not base.proxy_cpu_us_per_req:
+        why = "no successful run of" if base is None else "no CPU figure for"
+        return ObsVerdict("SKIPPED", f"{case}: {why} {FASTPROXY_OBS_OFF}")
+    metrics, traced = ok.get(FASTPROXY_METRICS), ok.get(FASTPROXY_TRACED)
+    metrics_cpu = (
+        ratio(metrics.proxy_cpu_us_per_req, base.proxy_cpu_us_per_req) if metrics else None
+    )
+    traced_cpu = ratio(traced.proxy_cpu_us_per_req, base.proxy_cpu_us_per_req) if traced else None
+    metrics_text, metrics_ok = _obs_row_text(
+        metrics, FASTPROXY_METRICS, base, metrics_cpu, metrics_max
+    )
+    traced_text, traced_ok = _obs_row_text(traced, FASTPROXY_TRACED, base, traced_cpu, traced_max)
+    if metrics_ok is False or traced_ok is False:
+        status = "FAIL"
+    elif metrics_ok is None or traced_ok is None:
+        status = "SKIPPED"
+    else:
+        status = "PASS"
+    msg = (
+        f"{case}: {metrics_text}; {traced_text}; against {FASTPROXY_OBS_OFF} "
+        f"{base.proxy_cpu_us_per_req:.1f} us/req, {base.rps or 0:,.0f} rps, {_latencies(base)}"
+    )
+    if traced is not None:
+        msg += f"; {_spans_text(traced)}"
+    return ObsVerdict(
+        status,
+        msg,
+        metrics_cpu,
+        traced_cpu,
+        ratio(metrics.rps, base.rps) if metrics else None,
+        ratio(traced.rps, base.rps) if traced else None,
+        traced.spans_received if traced else None,
+        traced.spans_late if traced else None,
+        traced.requests if traced else None,
+    )
+
+
+OBS_COLUMNS: tuple[str, ...] = (
+    "target",
+    "metrics",
+    "tracing",
+    "rps",
+    "rps/off",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "proxy us/req",
+    "cpu/off",
+    "app us/req",
+    "spans",
+    "spans/req",
+)
+
+
+def obs_table_rows(measurements: Sequence[Measurement]) -> list[list[str]]:
+    """One row per target of the observability case, in OBS_COLUMNS order.
+
+    ``metrics`` and ``tracing`` are OBS_ROW_SETUP's; ``rps/off`` and ``cpu/off`` are relative
+    to fastproxy-obs-off; ``spans`` are those the collector received during the run (``-``
+    for rows that export none) and ``spans/req`` that per request wrk completed.
+    """
+    base = _by_target(measurements).get(FASTPROXY_OBS_OFF)
+    rows: list[list[str]] = []
+    for m in measurements:
+        setup = list(OBS_ROW_SETUP.get(m.target, ("-", "-")))
+        if m.error is not None:
+            rows.append([m.target, *setup, "ERROR"] + ["-"] * (len(OBS_COLUMNS) - 4))
+            continue
+        rows.append(
+            [
+                m.target,
+                *setup,
+                _f(m.rps, ",.0f"),
+                _f(ratio(m.rps, base.rps if base else None), ".2f"),
+                _f(m.p50_ms, ".3f"),
+                _f(m.p90_ms, ".3f"),
+                _f(m.p99_ms, ".3f"),
+                _f(m.proxy_cpu_us_per_req, ".1f"),
+                _f(
+                    ratio(m.proxy_cpu_us_per_req, base.proxy_cpu_us_per_req if base else None),
+                    ".2f",
+                ),
+                _f(m.upstream_cpu_us_per_req, ".1f"),
+                "-" if m.spans_received is None else f"{m.spans_received:,}",
+                _f(spans_per_request(m), ".3f"),
+            ]
+        )
+    return rows
+
+
+def obs_figures(m: Measurement, measurements: Sequence[Measurement]) -> dict[str, object]:
+    """The observability case's derived figures of one run, for the JSON (None for a failed
+    run)."""
+    if m.error is not None:
+        return {"rps_vs_off": None, "cpu_vs_off": None, "spans_per_request": None}
+    base = _by_target(measurements).get(FASTPROXY_OBS_OFF)
+    return {
+        "rps_vs_off": ratio(m.rps, base.rps if base else None),
+        "cpu_vs_off": ratio(m.proxy_cpu_us_per_req, base.proxy_cpu_us_per_req if base else None),
+        "spans_per_request": spans_per_request(m),
     }

@@ -56,6 +56,7 @@ class SidecarContext:
         "observability",
         "observer",
         "peer_pools",
+        "remote_apps",
         "resiliency",
         "resolver_cache",
         "resources",
@@ -115,6 +116,9 @@ class SidecarContext:
             if resources.resiliency
             else None
         )
+        self.remote_apps = RemoteApps(
+            self.resolver_cache, self.peer_pools, self.name_resolution.load_balancing
+        )
         self.forwarder = Forwarder(
             config.app_id,
             config.namespace,
@@ -123,7 +127,7 @@ class SidecarContext:
             limits,
             clock,
             config.app_api_token,
-            RemoteApps(self.resolver_cache, self.peer_pools, self.name_resolution.load_balancing),
+            self.remote_apps,
             forwarded_lines(config.host_address),
             self.resiliency,
         )
@@ -147,8 +151,12 @@ class SidecarContext:
         query: bytes,
         keep_alive: bool,
         expect_continue: bool = False,
+        trace_lines: bytes = b"",
+        timing_line: bytes = b"",
     ) -> LocalReply:
-        return local_reply(self, conn, route, query, path, keep_alive, expect_continue)
+        return local_reply(
+            self, conn, route, query, path, keep_alive, expect_continue, trace_lines, timing_line
+        )
 
     def _describe_security(self) -> None:
         mtls: dict[str, object] = {"enabled": self.mtls is not None}

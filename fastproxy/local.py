@@ -76,10 +76,15 @@ def local_reply(
     path: bytes,
     keep_alive: bool,
     expect_continue: bool = False,
+    trace_lines: bytes = b"",
+    timing_line: bytes = b"",
 ) -> LocalReply:
     """The reply for a local route; one that needs no body closes a connection
-    whose client holds a body back for `100 Continue`."""
+    whose client holds a body back for `100 Continue`. `trace_lines` (the
+    request's traceparent) go on the metadata answers, as health checks are
+    never traced in daprd; `timing_line` (Server-Timing) on every answer."""
     clock = ctx.clock
+    trace_lines += timing_line
     if expect_continue and route is not LocalRoute.METADATA_PUT:
         keep_alive = False
     limit = ctx.config.max_body_size
@@ -88,19 +93,30 @@ def local_reply(
         if wanted is not None and wanted != ctx.config.app_id:
             body = error_body("ERR_HEALTH_APPID_NOT_MATCH", "dapr app-id does not match")
             return LocalReply(
-                conn, local_response(clock, 500, body, keep_alive=keep_alive), keep_alive, limit
+                conn,
+                local_response(clock, 500, body, keep_alive=keep_alive, extra_headers=timing_line),
+                keep_alive,
+                limit,
             )
         return LocalReply(
-            conn, local_response(clock, 204, keep_alive=keep_alive), keep_alive, limit
+            conn,
+            local_response(clock, 204, keep_alive=keep_alive, extra_headers=timing_line),
+            keep_alive,
+            limit,
         )
     if route is LocalRoute.HEALTHZ_OUTBOUND:
         return LocalReply(
-            conn, local_response(clock, 204, keep_alive=keep_alive), keep_alive, limit
+            conn,
+            local_response(clock, 204, keep_alive=keep_alive, extra_headers=timing_line),
+            keep_alive,
+            limit,
         )
     if route is LocalRoute.METADATA:
         return LocalReply(
             conn,
-            local_response(clock, 200, ctx.metadata.body(), keep_alive=keep_alive),
+            local_response(
+                clock, 200, ctx.metadata.body(), keep_alive=keep_alive, extra_headers=trace_lines
+            ),
             keep_alive,
             limit,
         )
@@ -108,7 +124,7 @@ def local_reply(
 
     def store(body: bytes) -> bytes:
         ctx.metadata.set_extended(key, body.decode("utf-8", "replace"))
-        return local_response(clock, 204, keep_alive=keep_alive)
+        return local_response(clock, 204, keep_alive=keep_alive, extra_headers=trace_lines)
 
     return LocalReply(
         conn, None, keep_alive, limit, on_complete=store, expect_continue=expect_continue

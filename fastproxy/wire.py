@@ -94,6 +94,11 @@ def local_response(
     return b"".join(parts)
 
 
+def body_size(response: bytes) -> int:
+    """The body bytes of a whole response the sidecar wrote itself."""
+    return len(response) - response.find(b"\r\n\r\n") - 4
+
+
 def error_body(error_code: str, message: str) -> bytes:
     return json.dumps({"errorCode": error_code, "message": message}, separators=(",", ":")).encode()
 

@@ -67,7 +67,7 @@ from fastproxy.routing import (
 )
 from fastproxy.security.identity import SpiffeId, caller_lines
 from fastproxy.security.tls import peer_identity
-from fastproxy.wire import COLON_SP, CRLF, error_response
+from fastproxy.wire import COLON_SP, CRLF, body_size, error_response
 
 if TYPE_CHECKING:
     from fastproxy.context import SidecarContext
@@ -101,6 +101,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "_chunk_framing",
         "_chunked",
         "_chunks",
+        "_client_address",
         "_clock",
         "_closing",
         "_connection_tokens",
@@ -153,6 +154,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self._obs: Observation | None = None
         self._traceparent: bytes | None = None
         self._tracestate: bytes | None = None
+        self._client_address = ""
         if self._observer is not None and self._observer.tracing:
             self._exact_kinds = traced(self._exact_kinds)
             self._special_kinds = traced(self._special_kinds)
@@ -213,6 +215,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self._gate = ReadGate(transport)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         ctx = self._ctx
+        if self._observer is not None and self._observer.logs_access:
+            self._client_address = _address_text(transport.get_extra_info("peername"))
         if self._delivered is not None and ctx.mtls is not None:
             # The handshake verified the calling sidecar: its certificate names the
             # caller, for the access control policy and for the app (client copies
@@ -521,6 +525,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self._obs = obs
             if obs.app_lines:
                 self._headers.extend(obs.app_lines)
+            obs.client = self._client_address
             if self._delivered is not None:
                 caller = self._caller
                 obs.caller = caller.app_id if caller is not None else _caller_header(self._headers)
@@ -535,6 +540,7 @@ class DownstreamProtocol(asyncio.Protocol):
                 if obs is not None:
                     obs.aim(
                         invocation.target,
+                        invocation.method,
                         invocation.kind is TargetKind.APP and not invocation.is_self,
                     )
                 return ctx.forwarder.open(
@@ -559,6 +565,8 @@ class DownstreamProtocol(asyncio.Protocol):
                     query,
                     keep_alive and not self._closing,
                     dirty and not http10 and self._awaits_continue(),
+                    b"" if obs is None else obs.response_lines,
+                    b"" if obs is None else obs.timing_line(),
                 )
         headers = self._headers
         expect_continue = False
@@ -580,7 +588,11 @@ class DownstreamProtocol(asyncio.Protocol):
         if self._acl is not None:
             self._check_access(self._acl, invocation, method)
         if obs is not None:
-            obs.aim(invocation.target, invocation.kind is TargetKind.APP and not invocation.is_self)
+            obs.aim(
+                invocation.target,
+                invocation.method,
+                invocation.kind is TargetKind.APP and not invocation.is_self,
+            )
         return ctx.forwarder.open(
             self,
             invocation,
@@ -599,7 +611,12 @@ class DownstreamProtocol(asyncio.Protocol):
         operation = operation_of(invocation.method)
         verb = method.decode("latin-1")
         if not acl.allows(self._caller, verb, operation):
-            self._ctx.record_denial(self._caller.app_id if self._caller is not None else "")
+            obs = self._obs
+            # The verified caller, or (without mTLS) the one its sidecar named.
+            caller = self._caller
+            self._ctx.record_denial(
+                caller.app_id if caller is not None else "" if obs is None else obs.caller
+            )
             raise ForbiddenError(
                 f"failed to invoke, id: {invocation.target}, err: rpc error: code ="
                 # daprd names the method as the caller wrote it: no leading "/".
@@ -668,15 +685,16 @@ class DownstreamProtocol(asyncio.Protocol):
         keep_alive = exchange.keep_alive and exchange.request_done and not error.closes_connection
         exchange.keep_alive = keep_alive
         obs = exchange.obs
-        self.write(
-            error_response(
-                self._ctx.clock,
-                error,
-                keep_alive and not self._closing,
-                head_only=exchange.is_head,
-                extra_headers=b"" if obs is None else obs.error_head(error.status),
-            )
+        data = error_response(
+            self._ctx.clock,
+            error,
+            keep_alive and not self._closing,
+            head_only=exchange.is_head,
+            extra_headers=b"" if obs is None else obs.error_head(error.status),
         )
+        if obs is not None:
+            obs.bytes_out = body_size(data)
+        self.write(data)
         exchange.response_done = True
         self.response_finished(exchange)
         if not keep_alive and not exchange.request_done:
@@ -788,6 +806,14 @@ class DownstreamProtocol(asyncio.Protocol):
         for exchange in (self._active, *self._pending):
             if exchange is not None and not exchange.response_started:
                 exchange.keep_alive = False
+
+
+def _address_text(peername: object) -> str:
+    """`host:port` of a socket peer (`[host]:port` for IPv6); "" when unknown."""
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        host, port = str(peername[0]), peername[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return ""
 
 
 def _caller_header(headers: list[bytes]) -> str:

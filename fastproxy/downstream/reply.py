@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from fastproxy.wire import CONTINUE_100
+from fastproxy.wire import CONTINUE_100, body_size
 
 if TYPE_CHECKING:
     from fastproxy.downstream.protocol import DownstreamProtocol
@@ -86,8 +86,10 @@ class LocalReply:
 
     def _send(self, data: bytes) -> None:
         obs = self.obs
-        if obs is not None and obs.status == 0:
-            obs.status = int(data[9:12])  # "HTTP/1.1 200 ...": every local answer's line
+        if obs is not None:
+            if obs.status == 0:
+                obs.status = int(data[9:12])  # "HTTP/1.1 200 ...": every local answer's line
+            obs.bytes_out = body_size(data)
         self.response_started = True
         self._conn.write(data)
         self.response_done = True

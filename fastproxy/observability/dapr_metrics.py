@@ -234,13 +234,19 @@ class PathLabeler:
 
 
 class _Exchange:
-    """A count and a latency with the same labels (server side, or the app leg)."""
+    """The series one (method, path, status) touches: the server's, and the app leg's.
 
-    __slots__ = ("count", "latency")
+    The app leg's are made on its first use: a request that never reached the app
+    (an error, a call to another app) leaves no empty client series behind.
+    """
+
+    __slots__ = ("app_count", "app_latency", "count", "latency")
 
     def __init__(self, count: CounterChild, latency: HistogramChild) -> None:
         self.count = count
         self.latency = latency
+        self.app_count: CounterChild | None = None
+        self.app_latency: HistogramChild | None = None
 
 
 class _RemoteCall:
@@ -438,8 +444,8 @@ class DaprMetrics:
                 self._overflow,
             )
         )
-        self._server_cache: dict[tuple[str, str, int], _Exchange] = {}
-        self._app_cache: dict[tuple[str, str, int], _Exchange] = {}
+        self._server_cache: dict[tuple[bytes, bytes, int], _Exchange] = {}
+        self._app_cache: dict[tuple[bytes, bytes, int], _Exchange] = {}
         self._remote_cache: dict[tuple[str, int], _RemoteCall] = {}
         self._inbound_cache: dict[tuple[str, int], _Inbound] = {}
 
@@ -457,15 +463,22 @@ class DaprMetrics:
 
     def record_server(
         self,
-        method: str,
-        path: str,
+        method: bytes,
+        path: bytes,
         status: int,
         latency_ms: float,
         request_bytes: int,
         response_bytes: int,
         sidecar_ms: float,
+        app_path: bytes = b"",
+        app_ms: float = -1.0,
     ) -> None:
-        """One request answered on the sidecar's HTTP API (`path` as it arrived)."""
+        """One request answered on the sidecar's HTTP API (`path` as it arrived), and,
+        when `app_ms` is not negative, its round trip to the sidecar's own app at `app_path`.
+
+        One dict look-up serves every series of the request; labels are only worked
+        out (and bytes decoded) the first time a (method, path, status) is seen.
+        """
         if not self.enabled:
             return
         key = (method, path, status)
@@ -477,15 +490,30 @@ class DaprMetrics:
         self._request_bytes.observe(request_bytes)
         self._response_bytes.observe(response_bytes)
         self._sidecar_time.observe(sidecar_ms)
+        if app_ms >= 0.0:
+            app_count = series.app_count
+            app_latency = series.app_latency
+            if app_count is None or app_latency is None:
+                labels = self._http_labels(method, app_path, status)
+                app_count = series.app_count = self._client_count.labels(*labels)
+                app_latency = series.app_latency = self._client_latency.labels(*labels)
+            app_count.value += 1
+            app_latency.observe(app_ms)
 
-    def record_app_call(self, method: str, path: str, status: int, latency_ms: float) -> None:
-        """One round trip from the sidecar to its own app."""
+    def record_app_call(self, method: bytes, path: bytes, status: int, latency_ms: float) -> None:
+        """A round trip to the sidecar's own app outside the HTTP API (a delivered call)."""
         if not self.enabled:
             return
         key = (method, path, status)
         series = self._app_cache.get(key)
         if series is None:
-            series = self._app_series(key)
+            labels = self._http_labels(method, path, status)
+            series = _Exchange(
+                self._client_count.labels(*labels), self._client_latency.labels(*labels)
+            )
+            if len(self._app_cache) >= CACHE_SIZE:
+                self._app_cache.clear()
+            self._app_cache[key] = series
         series.count.value += 1
         series.latency.observe(latency_ms)
 
@@ -512,9 +540,9 @@ class DaprMetrics:
         series.received.value += 1
         series.sent.value += 1
 
-    def record_retry(self, dst_app_id: str) -> None:
+    def record_retry(self, dst_app_id: str, retries: int = 1) -> None:
         if self.enabled:
-            self._retries.labels(self.app_id, dst_app_id).value += 1
+            self._retries.labels(self.app_id, dst_app_id).value += retries
 
     def record_acl_denied(self, src_app_id: str) -> None:
         if self.enabled:
@@ -522,29 +550,20 @@ class DaprMetrics:
 
     # -- look-up misses --------------------------------------------------------------------------
 
-    def _http_labels(self, key: tuple[str, str, int]) -> tuple[str, str, str, str]:
-        method, path, status = key
+    def _http_labels(self, method: bytes, path: bytes, status: int) -> tuple[str, str, str, str]:
         return (
             self.app_id,
-            method_label(method, self.exclude_verbs),
-            self.labeler.label(path),
+            method_label(method.decode("latin-1"), self.exclude_verbs),
+            self.labeler.label(path.decode("latin-1")),
             str(status),
         )
 
-    def _server_series(self, key: tuple[str, str, int]) -> _Exchange:
-        labels = self._http_labels(key)
+    def _server_series(self, key: tuple[bytes, bytes, int]) -> _Exchange:
+        labels = self._http_labels(*key)
         series = _Exchange(self._server_count.labels(*labels), self._server_latency.labels(*labels))
         if len(self._server_cache) >= CACHE_SIZE:
             self._server_cache.clear()
         self._server_cache[key] = series
-        return series
-
-    def _app_series(self, key: tuple[str, str, int]) -> _Exchange:
-        labels = self._http_labels(key)
-        series = _Exchange(self._client_count.labels(*labels), self._client_latency.labels(*labels))
-        if len(self._app_cache) >= CACHE_SIZE:
-            self._app_cache.clear()
-        self._app_cache[key] = series
         return series
 
     def _remote_series(self, key: tuple[str, int]) -> _RemoteCall:

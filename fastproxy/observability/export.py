@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httptools
 
-from fastproxy.observability.spans import Span
+from fastproxy.observability.spans import Span, dapr_headers, status_description
 
 logger = logging.getLogger("fastproxy.tracing")
 
@@ -29,20 +29,111 @@ OTLP_JSON_CONTENT_TYPE: Final = "application/json"
 OTLP_TRACES_PATH: Final = "/v1/traces"
 SCOPE_NAME: Final = "fastproxy"
 
-# OTLP enums travel as integers in OTLP/JSON.
-_OTLP_KIND: Final[dict[str, int]] = {"SERVER": 2, "CLIENT": 3}
-_OTLP_STATUS_UNSET: Final = 0
-_OTLP_STATUS_ERROR: Final = 2
-
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _READ_SIZE: Final = 65536
 
 
 # -- encoders --------------------------------------------------------------------------------
+#
+# A span is one `%` of a byte template, written out where it is used: mypyc compiles a
+# literal template into a single concatenation. Only a value holding a byte that JSON
+# must escape (a quote, a backslash, a control byte, non-ASCII) goes through `json.dumps`.
+# Wire bytes read as latin-1, so the JSON carries the text `Span.attributes` reports.
+# The body is joined once: a batch is hundreds of kilobytes, and every extra copy is a
+# fresh large allocation that costs page faults.
+
+# Every byte to itself, except those a JSON string must escape, which become spaces:
+# a value is safe as it is when it translates to itself. (A translation table without
+# deletions is one pass with no set-up, and returns its input when nothing changed.)
+_UNSAFE_TO_SPACE: Final = bytes(
+    c if 0x20 <= c < 0x7F and c not in (0x22, 0x5C) else 0x20 for c in range(256)
+)
+
+_ZIPKIN_KIND: Final[dict[str, bytes]] = {"CLIENT": b"CLIENT", "SERVER": b"SERVER"}
+_OTLP_KIND: Final[dict[str, bytes]] = {"SERVER": b"2", "CLIENT": b"3"}  # OTLP enums are ints
+_OTLP_STATUS_UNSET: Final = b'{"code":0}'
 
 
-def _dumps(document: object) -> bytes:
-    return json.dumps(document, separators=(",", ":")).encode("ascii")
+def _json_bytes(value: bytes) -> bytes:
+    """Wire bytes (latin-1) as the inside of a JSON string: themselves, unless unsafe."""
+    if value.translate(_UNSAFE_TO_SPACE) == value:
+        return value
+    return json.dumps(value.decode("latin-1")).encode("ascii")[1:-1]
+
+
+def _json_str(value: str) -> bytes:
+    """Text as the inside of a JSON string, in ASCII."""
+    if value.isascii():
+        raw = value.encode("ascii")
+        if raw.translate(_UNSAFE_TO_SPACE) == raw:
+            return raw
+    return json.dumps(value).encode("ascii")[1:-1]
+
+
+def _zipkin_error(status: int) -> bytes:
+    return b',"otel.status_code":"ERROR","error":"%s"' % _json_str(status_description(status))
+
+
+def _otlp_error(status: int) -> bytes:
+    return b'{"code":2,"message":"%s"}' % _json_str(status_description(status))
+
+
+_ERROR_STATUSES: Final = range(400, 1000)
+_ZIPKIN_ERRORS: Final = {status: _zipkin_error(status) for status in _ERROR_STATUSES}
+_OTLP_ERRORS: Final = {status: _otlp_error(status) for status in _ERROR_STATUSES}
+
+
+class _Texts:
+    """One batch's JSON-ready text: the current span's wire fields, and the str fields seen.
+
+    The str fields (target app, server address) repeat across a batch, so each distinct
+    value is checked, and escaped if need be, once per batch rather than once per span.
+    """
+
+    __slots__ = ("_strs", "method", "parent_id", "path", "span_id", "trace_id", "url", "verb")
+
+    def __init__(self) -> None:
+        self._strs: dict[str, bytes] = {}
+        self.trace_id = b""
+        self.span_id = b""
+        self.parent_id = b""
+        self.method = b""
+        self.verb = b""
+        self.path = b""
+        self.url = b""
+
+    def load(self, span: Span) -> None:
+        """Take `span`'s wire fields, escaped where needed: one check for them all."""
+        trace_id = span.trace_id
+        span_id = span.span_id
+        parent_id = span.parent_id
+        method = span.method
+        verb = span.verb
+        path = span.path
+        url = span.url
+        joined = b"".join((trace_id, span_id, parent_id, method, verb, path, url))
+        if joined.translate(_UNSAFE_TO_SPACE) != joined:
+            trace_id = _json_bytes(trace_id)
+            span_id = _json_bytes(span_id)
+            parent_id = _json_bytes(parent_id)
+            method = _json_bytes(method)
+            verb = _json_bytes(verb)
+            path = _json_bytes(path)
+            url = _json_bytes(url)
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self.method = method
+        self.verb = verb
+        self.path = path
+        self.url = url
+
+    def text(self, value: str) -> bytes:
+        strs = self._strs
+        escaped = strs.get(value)
+        if escaped is None:
+            escaped = strs[value] = _json_str(value)
+        return escaped
 
 
 def encode_zipkin(spans: Iterable[Span], service_name: str) -> bytes:
@@ -52,24 +143,64 @@ def encode_zipkin(spans: Iterable[Span], service_name: str) -> bytes:
     shorter than 1 µs is reported as 1 µs. Error spans carry the `error` tag
     (Zipkin's marker) and `otel.status_code`, as OpenTelemetry's exporter writes.
     """
-    endpoint = {"serviceName": service_name}
-    records: list[dict[str, object]] = []
+    texts = _Texts()
+    endpoint = b'{"serviceName":"%s"}' % _json_str(service_name)
+    records = [b"["]
+    comma = b""
     for span in spans:
-        tags = dict(span.attributes)
-        if span.status_error:
-            tags["otel.status_code"] = "ERROR"
-            tags["error"] = span.status_message
-        record: dict[str, object] = {"traceId": span.trace_id, "id": span.span_id}
-        if span.parent_id is not None:
-            record["parentId"] = span.parent_id
-        record["name"] = span.name
-        record["kind"] = span.kind
-        record["timestamp"] = span.start_ns // 1000
-        record["duration"] = max(1, (span.end_ns - span.start_ns) // 1000)
-        record["localEndpoint"] = endpoint
-        record["tags"] = tags
-        records.append(record)
-    return _dumps(records)
+        texts.load(span)
+        target = texts.text(span.target_app_id)
+        parent = b""
+        if texts.parent_id:
+            parent = b',"parentId":"%s"' % texts.parent_id
+        server = b""
+        if span.server_address:
+            address = texts.text(span.server_address)
+            if span.server_port:
+                server = b',"server.address":"%s","server.port":"%d"' % (address, span.server_port)
+            else:
+                server = b',"server.address":"%s"' % address
+        status = span.status
+        error = b""
+        if status >= 400:
+            error = _ZIPKIN_ERRORS.get(status) or _zipkin_error(status)
+        records.append(
+            b'%s{"traceId":"%s","id":"%s"%s,"name":"CallLocal/%s/%s","kind":"%s","timestamp":%d,'
+            b'"duration":%d,"localEndpoint":%s,"tags":{%s"rpc.service":"ServiceInvocation",'
+            b'"net.peer.name":"%s","dapr.protocol":"http","dapr.api":"%s %s",'
+            b'"dapr.status_code":"%d","http.request.method":"%s","url.full":"%s"%s%s}}'
+            % (
+                comma,
+                texts.trace_id,
+                texts.span_id,
+                parent,
+                target,
+                texts.method,
+                _ZIPKIN_KIND[span.kind],
+                span.start_ns // 1000,
+                max(1, (span.end_ns - span.start_ns) // 1000),
+                endpoint,
+                _zipkin_header_tags(span) if span.headers else b"",
+                target,
+                texts.verb,
+                texts.path,
+                status,
+                texts.verb,
+                texts.url,
+                server,
+                error,
+            )
+        )
+        comma = b","
+    records.append(b"]")
+    return b"".join(records)
+
+
+def _zipkin_header_tags(span: Span) -> bytes:
+    return b"".join(
+        b'"%s":"%s",' % (_json_bytes(name), _json_bytes(value))
+        for name, value in dapr_headers(span.headers)
+    )
 
 
 def encode_otlp_json(spans: Iterable[Span], service_name: str) -> bytes:
@@ -78,26 +209,75 @@ def encode_otlp_json(spans: Iterable[Span], service_name: str) -> bytes:
     OTLP/JSON departs from protobuf's JSON mapping on purpose: ids are hex,
     not base64; enums are integers; 64-bit times are decimal strings.
     """
-    records: list[dict[str, object]] = []
+    texts = _Texts()
+    records = [
+        b'{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name",'
+        b'"value":{"stringValue":"%s"}}]},"scopeSpans":[{"scope":{"name":"%s"},"spans":['
+        % (_json_str(service_name), _json_str(SCOPE_NAME))
+    ]
+    comma = b""
     for span in spans:
-        record: dict[str, object] = {"traceId": span.trace_id, "spanId": span.span_id}
-        if span.parent_id is not None:
-            record["parentSpanId"] = span.parent_id
-        record["name"] = span.name
-        record["kind"] = _OTLP_KIND[span.kind]
-        record["startTimeUnixNano"] = str(span.start_ns)
-        record["endTimeUnixNano"] = str(span.end_ns)
-        record["attributes"] = [
-            {"key": key, "value": {"stringValue": value}} for key, value in span.attributes.items()
-        ]
-        if span.status_error:
-            record["status"] = {"code": _OTLP_STATUS_ERROR, "message": span.status_message}
-        else:
-            record["status"] = {"code": _OTLP_STATUS_UNSET}
-        records.append(record)
-    resource = {"attributes": [{"key": "service.name", "value": {"stringValue": service_name}}]}
-    scope_spans = [{"scope": {"name": SCOPE_NAME}, "spans": records}]
-    return _dumps({"resourceSpans": [{"resource": resource, "scopeSpans": scope_spans}]})
+        texts.load(span)
+        target = texts.text(span.target_app_id)
+        parent = b""
+        if texts.parent_id:
+            parent = b',"parentSpanId":"%s"' % texts.parent_id
+        server = b""
+        if span.server_address:
+            address = texts.text(span.server_address)
+            if span.server_port:
+                server = (
+                    b',{"key":"server.address","value":{"stringValue":"%s"}}'
+                    b',{"key":"server.port","value":{"stringValue":"%d"}}'
+                    % (address, span.server_port)
+                )
+            else:
+                server = b',{"key":"server.address","value":{"stringValue":"%s"}}' % address
+        status = span.status
+        state = _OTLP_STATUS_UNSET
+        if status >= 400:
+            state = _OTLP_ERRORS.get(status) or _otlp_error(status)
+        records.append(
+            b'%s{"traceId":"%s","spanId":"%s"%s,"name":"CallLocal/%s/%s","kind":%s,'
+            b'"startTimeUnixNano":"%d","endTimeUnixNano":"%d","attributes":[%s'
+            b'{"key":"rpc.service","value":{"stringValue":"ServiceInvocation"}},'
+            b'{"key":"net.peer.name","value":{"stringValue":"%s"}},'
+            b'{"key":"dapr.protocol","value":{"stringValue":"http"}},'
+            b'{"key":"dapr.api","value":{"stringValue":"%s %s"}},'
+            b'{"key":"dapr.status_code","value":{"stringValue":"%d"}},'
+            b'{"key":"http.request.method","value":{"stringValue":"%s"}},'
+            b'{"key":"url.full","value":{"stringValue":"%s"}}%s],"status":%s}'
+            % (
+                comma,
+                texts.trace_id,
+                texts.span_id,
+                parent,
+                target,
+                texts.method,
+                _OTLP_KIND[span.kind],
+                span.start_ns,
+                span.end_ns,
+                _otlp_header_attributes(span) if span.headers else b"",
+                target,
+                texts.verb,
+                texts.path,
+                status,
+                texts.verb,
+                texts.url,
+                server,
+                state,
+            )
+        )
+        comma = b","
+    records.append(b"]}]}]}")
+    return b"".join(records)
+
+
+def _otlp_header_attributes(span: Span) -> bytes:
+    return b"".join(
+        b'{"key":"%s","value":{"stringValue":"%s"}},' % (_json_bytes(name), _json_bytes(value))
+        for name, value in dapr_headers(span.headers)
+    )
 
 
 def parse_otel_endpoint(address: str, is_secure: bool) -> str:

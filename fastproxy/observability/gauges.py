@@ -56,6 +56,15 @@ def add_gauges(ctx: SidecarContext, metrics: DaprMetrics) -> None:
             (("error",), float(stats.errors)),
         ]
 
+    def ejections() -> Series:
+        return [((app,), float(count)) for app, count in ctx.remote_apps.ejections()]
+
+    def pool_waits() -> Series:
+        return [
+            ((pool.name,), float(pool.waits))
+            for pool in (*ctx.forwarder.pools, *ctx.peer_pools.pools)
+        ]
+
     def breakers() -> Series:
         return [
             ((name,), BREAKER_STATE_VALUES[state]) for name, state in ctx.breaker_states.items()
@@ -98,6 +107,22 @@ def add_gauges(ctx: SidecarContext, metrics: DaprMetrics) -> None:
             "Name resolution cache answers by kind, and the lookups behind them.",
             ("result",),
             resolver_cache,
+        )
+    )
+    registry.register(
+        CounterFunc(
+            "fastproxy_ejections_total",
+            "Times an instance of a remote app was taken out of rotation after a failure.",
+            ("app",),
+            ejections,
+        )
+    )
+    registry.register(
+        CounterFunc(
+            "fastproxy_upstream_pool_waits_total",
+            "Requests that had to wait for an upstream connection (pool at its limit).",
+            ("pool",),
+            pool_waits,
         )
     )
     registry.register(

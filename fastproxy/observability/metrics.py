@@ -1,7 +1,7 @@
 """A minimal Prometheus registry: counters, gauges and histograms with a bound on series.
 
 Recording sits on the request hot path, so a child series is a plain object whose
-update is an integer add (and a `bisect` for histograms). Text rendering, in the
+update is an integer add (and a binary search for histograms). Text rendering, in the
 exposition format 0.0.4, happens only when scraped and may be slow.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from itertools import pairwise
 from typing import Final, TypeVar
@@ -102,19 +101,34 @@ class GaugeChild:
 class HistogramChild:
     """Counts per bucket, not cumulative: `observe` touches one slot; rendering sums them."""
 
-    __slots__ = ("bounds", "count", "counts", "sum")
+    __slots__ = ("bounds", "count", "counts", "first", "sum")
 
     def __init__(self, bounds: list[float]) -> None:
         self.bounds = bounds
+        # Most values a sidecar sees (sizes, latencies) fall in the first bucket.
+        self.first = bounds[0] if bounds else float("inf")
         self.counts = [0] * (len(bounds) + 1)  # the last slot is +Inf
         self.sum = 0.0
         self.count = 0
 
     def observe(self, value: float) -> None:
-        # bisect_left: a value equal to a bound lands in that bound's bucket (le is <=).
-        self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
         self.count += 1
+        if value <= self.first:
+            self.counts[0] += 1
+            return
+        # The first bound >= value (bisect_left), so a value equal to a bound lands in
+        # that bound's bucket (le is <=). Written out: compiled, it beats a call to bisect.
+        bounds = self.bounds
+        low = 1
+        high = len(bounds)
+        while low < high:
+            middle = (low + high) >> 1
+            if bounds[middle] < value:
+                low = middle + 1
+            else:
+                high = middle
+        self.counts[low] += 1
 
 
 # -- metrics ---------------------------------------------------------------------------------------

@@ -22,9 +22,11 @@ class Observation:
 
     __slots__ = (
         "app_lines",
+        "app_path",
         "bytes_in",
         "bytes_out",
         "caller",
+        "client",
         "delivered",
         "head_at",
         "method",
@@ -59,8 +61,10 @@ class Observation:
         self.bytes_out = 0
         self.retries = 0
         self.target = ""
+        self.app_path = b""  # the method path the app is asked for
         self.remote = False
         self.caller = ""
+        self.client = ""  # the client's address, only when the access log is on
         self.upstream = ""
         # Tracing (see Observer.begin): empty when tracing is off.
         self.trace_id = b""
@@ -81,9 +85,10 @@ class Observation:
             f" status={self.status} trace={self.trace_id.decode()} sampled={self.sampled}>"
         )
 
-    def aim(self, target: str, remote: bool) -> None:
-        """The request goes to `target`: another app's sidecar when `remote`."""
+    def aim(self, target: str, app_path: bytes, remote: bool) -> None:
+        """The request goes to `target` for `app_path`: another app's sidecar when `remote`."""
         self.target = target
+        self.app_path = app_path
         self.remote = remote
 
     def mark_sent(self) -> None:
@@ -105,12 +110,16 @@ class Observation:
         return lines
 
     def error_head(self, status: int) -> bytes:
-        """The sidecar answers itself (an error or a local route): the lines it adds."""
+        """The sidecar answers with an error itself: the lines its answer gains."""
         self.status = status
-        if self.server_timing:
-            own_s = time.perf_counter() - self.started
-            return self.response_lines + _SERVER_TIMING % (own_s * 1000.0, 0.0)
-        return self.response_lines
+        return self.response_lines + self.timing_line()
+
+    def timing_line(self) -> bytes:
+        """Server-Timing for an answer the sidecar wrote itself (when the feature is on)."""
+        if not self.server_timing:
+            return b""
+        own_s = time.perf_counter() - self.started
+        return _SERVER_TIMING % (own_s * 1000.0, 0.0)
 
     def upstream_seconds(self) -> float:
         """From the request's first send to the response head: the app's share."""

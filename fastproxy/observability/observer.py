@@ -19,8 +19,8 @@ from fastproxy.observability.observation import Observation
 from fastproxy.observability.spans import invoke_span
 from fastproxy.observability.tracecontext import (
     Sampler,
+    new_ids,
     new_span_id,
-    new_trace_id,
     parse_traceparent,
     valid_tracestate,
 )
@@ -28,8 +28,11 @@ from fastproxy.wire import COLON_SP, CRLF
 
 _TRACEPARENT: Final = b"traceparent"
 _TRACESTATE: Final = b"tracestate"
-_SAMPLED: Final = b"-01"
-_NOT_SAMPLED: Final = b"-00"
+_SAMPLED: Final = b"01"
+_NOT_SAMPLED: Final = b"00"
+_TRACEPARENT_VALUE: Final = b"00-%b-%b-%b"
+_TRACEPARENT_LINE: Final = b"traceparent: %b\r\n"
+_HEALTHZ: Final = b"/v1.0/healthz"
 
 
 class Observer:
@@ -42,6 +45,7 @@ class Observer:
         "_sampler",
         "_server_timing",
         "app_id",
+        "logs_access",
         "tracing",
     )
 
@@ -62,6 +66,7 @@ class Observer:
         self._metrics = metrics
         self._exporters = tuple(exporters)
         self._access_log = access_log
+        self.logs_access = access_log is not None
         self._server_timing = server_timing
 
     def __repr__(self) -> str:
@@ -88,19 +93,26 @@ class Observer:
             parsed = parse_traceparent(traceparent) if traceparent else None
             if parsed is None:
                 # Absent or malformed: a new trace, never the client's bytes.
-                trace_id = new_trace_id()
+                ids = new_ids()
+                trace_id = ids[:32]
+                span_id = ids[32:]
                 sampled = sampler.sampled(trace_id, None)
             else:
                 trace_id, obs.parent_id, parent_sampled = parsed
+                span_id = new_span_id()
                 sampled = sampler.sampled(trace_id, parent_sampled)
                 if tracestate and valid_tracestate(tracestate):
                     obs.tracestate = tracestate
-            span_id = new_span_id()
+            if sampled and path.startswith(_HEALTHZ):
+                sampled = False  # health checks are never traced, as in daprd
             obs.trace_id = trace_id
             obs.span_id = span_id
             obs.sampled = sampled
-            value = b"00-" + trace_id + b"-" + span_id + (_SAMPLED if sampled else _NOT_SAMPLED)
-            obs.response_lines = _TRACEPARENT + COLON_SP + value + CRLF
+            value = _TRACEPARENT_VALUE % (trace_id, span_id, _SAMPLED if sampled else _NOT_SAMPLED)
+            if not delivered:
+                # On the internal listener the calling sidecar answers its client with
+                # its own span; only the app's own traceparent goes back to it.
+                obs.response_lines = _TRACEPARENT_LINE % value
             if obs.tracestate:
                 obs.app_lines = (
                     _TRACEPARENT,
@@ -140,42 +152,46 @@ class Observer:
                     upstream_ms=upstream_s * 1000.0,
                     retries=obs.retries,
                     trace_id=obs.trace_id.decode(),
-                    client="",
+                    client=obs.client,
                 )
             )
 
     def _record(
         self, metrics: DaprMetrics, obs: Observation, total_s: float, upstream_s: float
     ) -> None:
-        method = obs.method.decode("latin-1")
-        path = obs.path.decode("latin-1")
         status = obs.status
         upstream_ms = upstream_s * 1000.0
+        reached_app = obs.sent_at != 0.0
         if obs.delivered:
             # The internal listener: a call another sidecar delivered for our app.
             metrics.record_inbound(obs.caller, status)
+            if reached_app:
+                metrics.record_app_call(obs.method, obs.app_path, status, upstream_ms)
         else:
             total_ms = total_s * 1000.0
+            remote = obs.remote
             metrics.record_server(
-                method, path, status, total_ms, obs.bytes_in, obs.bytes_out, total_ms - upstream_ms
+                obs.method,
+                obs.path,
+                status,
+                total_ms,
+                obs.bytes_in,
+                obs.bytes_out,
+                total_ms - upstream_ms,
+                obs.app_path,
+                upstream_ms if reached_app and not remote else -1.0,
             )
-            if obs.remote:
-                if obs.sent_at:  # not when no instance could be found or reached
-                    metrics.record_remote_call(obs.target, status, upstream_ms)
-                if obs.retries:
-                    metrics.record_retry(obs.target)
-                return
-        if obs.target and obs.sent_at:
-            metrics.record_app_call(method, path, status, upstream_ms)
-            if obs.retries:
-                metrics.record_retry(obs.target)
+            if remote and reached_app:
+                metrics.record_remote_call(obs.target, status, upstream_ms)
+        if obs.retries:
+            metrics.record_retry(obs.target, obs.retries)
 
     def _export(self, obs: Observation, total_s: float) -> None:
         end_ns = time.time_ns()
         span = invoke_span(
             trace_id=obs.trace_id,
             span_id=obs.span_id,
-            parent_id=obs.parent_id or None,
+            parent_id=obs.parent_id,
             kind="SERVER" if obs.delivered else "CLIENT",
             target_app_id=obs.target or self.app_id,
             method=_method_path(obs.path),
@@ -187,6 +203,7 @@ class Observer:
             end_ns=end_ns,
             server_address=_host(obs.upstream),
             server_port=_port(obs.upstream),
+            headers=(),
         )
         for exporter in self._exporters:
             exporter.submit(span)
@@ -210,13 +227,15 @@ def _method_path(path: bytes) -> bytes:
     return path[marker + 8 :] if marker >= 0 else path.lstrip(b"/")
 
 
-def _host(address: str) -> str | None:
+def _host(address: str) -> str:
+    """The host of a `host:port` upstream address; "" when unknown."""
     if not address:
-        return None
+        return ""
     host, _, _ = address.rpartition(":")
-    return host.strip("[]") or None
+    return host.strip("[]")
 
 
-def _port(address: str) -> int | None:
+def _port(address: str) -> int:
+    """The port of a `host:port` upstream address; 0 when unknown."""
     _, _, port = address.rpartition(":")
-    return int(port) if port.isdigit() else None
+    return int(port) if port.isdigit() else 0

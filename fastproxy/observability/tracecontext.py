@@ -8,6 +8,7 @@ allocates only the id slices it returns. No I/O, no clock.
 from __future__ import annotations
 
 import math
+from binascii import hexlify
 from random import getrandbits
 from typing import Final
 
@@ -123,10 +124,7 @@ def new_trace_id() -> bytes:
     Ids only need to be unique, not unpredictable, so the module's Mersenne
     Twister is used: far cheaper than `os.urandom` per request.
     """
-    bits = getrandbits(128)
-    while bits == 0:
-        bits = getrandbits(128)
-    return b"%032x" % bits
+    return new_ids()[:32]
 
 
 def new_span_id() -> bytes:
@@ -134,7 +132,18 @@ def new_span_id() -> bytes:
     bits = getrandbits(64)
     while bits == 0:
         bits = getrandbits(64)
-    return b"%016x" % bits
+    return hexlify(bits.to_bytes(8, "big"))
+
+
+def new_ids() -> bytes:
+    """A new trace id and span id in one: 48 hex digits, neither part all zero.
+
+    One random draw and one hex conversion serve both ids of a new root span.
+    """
+    bits = getrandbits(192)
+    while (bits >> 64) == 0 or (bits & 0xFFFFFFFFFFFFFFFF) == 0:
+        bits = getrandbits(192)
+    return hexlify(bits.to_bytes(24, "big"))
 
 
 def format_traceparent(trace_id: bytes, span_id: bytes, sampled: bool) -> bytes:
@@ -164,7 +173,10 @@ class Sampler:
         """`parent_sampled` is None for a new root trace."""
         if parent_sampled is not None:
             return parent_sampled
-        return (int(trace_id[16:32], 16) >> 1) < self._bound
+        bound = self._bound
+        if bound in (0, _RATIO_SCALE):  # rate 0 or 1: no need to read the id
+            return bound != 0
+        return (int(trace_id[16:32], 16) >> 1) < bound
 
     def __repr__(self) -> str:
         return f"Sampler(rate={self.rate!r})"

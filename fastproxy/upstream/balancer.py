@@ -59,7 +59,7 @@ class Ejector(Generic[E]):
     no longer in the current set, so the state is bounded by the endpoint set.
     """
 
-    __slots__ = ("_base", "_cap", "_clock", "_entries", "_factor", "_jitter", "_rng")
+    __slots__ = ("_base", "_cap", "_clock", "_entries", "_factor", "_jitter", "_rng", "ejections")
 
     def __init__(
         self,
@@ -84,6 +84,8 @@ class Ejector(Generic[E]):
         self._factor = factor
         self._cap = cap
         self._jitter = jitter
+        # Times an endpoint was taken out of rotation, for metrics.
+        self.ejections = 0
         self._entries: dict[E, _Entry] = {}
 
     def __len__(self) -> int:
@@ -137,8 +139,10 @@ class Ejector(Generic[E]):
         now = self._clock()
         entry = self._entries.get(ep)
         if entry is None:
+            self.ejections += 1
             self._entries[ep] = _Entry(1, now + self._backoff(1))
         elif entry.probing or now >= entry.until:
+            self.ejections += 1
             entry.failures += 1
             entry.until = now + self._backoff(entry.failures)
             entry.probing = False

@@ -49,6 +49,7 @@ class Pool:
         "line_tail",
         "name",
         "open_count",
+        "waits",
     )
 
     def __init__(
@@ -73,6 +74,7 @@ class Pool:
         self._waiters: deque[Waiter] = deque()
         self._dials: set[asyncio.Future[None]] = set()
         self.open_count = 0
+        self.waits = 0  # requests that queued for a connection, for metrics
         self.closed = False
 
     def __repr__(self) -> str:
@@ -100,6 +102,7 @@ class Pool:
         if self.open_count < self.limits.max_connections:
             self._dial(waiter)
         else:
+            self.waits += 1
             self._waiters.append(waiter)
         return None
 

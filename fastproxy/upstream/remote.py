@@ -46,6 +46,10 @@ class RemoteApp:
     def __repr__(self) -> str:
         return f"<RemoteApp {self.app_id}.{self.namespace} {self._balancer!r}>"
 
+    @property
+    def ejections(self) -> int:
+        return self._balancer.ejector.ejections
+
     def is_served_by(self, peer: SpiffeId | None) -> bool:
         """Whether a sidecar with this verified identity serves this app."""
         return peer is not None and peer.app_id == self.app_id and peer.namespace == self.namespace
@@ -149,6 +153,10 @@ class RemoteApps:
         self._balancing = balancing
         self._rng = random.Random(seed)
         self._apps: dict[tuple[str, str], RemoteApp] = {}
+
+    def ejections(self) -> list[tuple[str, int]]:
+        """Per remote app (`app.namespace`): times one of its instances was ejected."""
+        return [(f"{a}.{ns}", app.ejections) for (a, ns), app in self._apps.items()]
 
     def get(self, app_id: str, namespace: str) -> RemoteApp:
         key = (app_id, namespace)

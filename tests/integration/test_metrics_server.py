@@ -112,13 +112,15 @@ async def served() -> AsyncIterator[Served]:
 
 def record_known_mix(metrics: DaprMetrics) -> None:
     for _ in range(3):
-        metrics.record_server("POST", "/v1.0/invoke/app2/method/orders?x=1", 200, 4.0, 10, 20, 0.02)
-    metrics.record_server("GET", "/v1.0/invoke/app2/method/orders", 500, 30.0, 0, 64, 0.05)
-    metrics.record_server("BREW", "/v1.0/invoke/app2/method/tea", 418, 1.0, 0, 0, 0.01)
+        metrics.record_server(
+            b"POST", b"/v1.0/invoke/app2/method/orders?x=1", 200, 4.0, 10, 20, 0.02
+        )
+    metrics.record_server(b"GET", b"/v1.0/invoke/app2/method/orders", 500, 30.0, 0, 64, 0.05)
+    metrics.record_server(b"BREW", b"/v1.0/invoke/app2/method/tea", 418, 1.0, 0, 0, 0.01)
     metrics.record_remote_call("app2", 200, 3.5)
     metrics.record_remote_call("app2", 200, 3.5)
     metrics.record_inbound("app0", 204)
-    metrics.record_app_call("GET", "/local", 200, 0.8)
+    metrics.record_app_call(b"GET", b"/local", 200, 0.8)
 
 
 # -- scraping --------------------------------------------------------------------------------------
@@ -384,7 +386,9 @@ async def test_stopping_closes_kept_alive_connections() -> None:
 
 async def test_a_flood_of_distinct_paths_keeps_series_at_the_bound(served: Served) -> None:
     for index in range(10_000):
-        served.metrics.record_server("GET", f"/flood/{index}?q={index}", 200, 1.0, 0, 0, 0.01)
+        served.metrics.record_server(
+            b"GET", b"/flood/%d?q=%d" % (index, index), 200, 1.0, 0, 0, 0.01
+        )
 
     async with aiohttp.ClientSession() as session, session.get(served.url + "/metrics") as response:
         _, samples = parse_exposition(await response.text())

@@ -46,15 +46,24 @@ HOST = "127.0.0.1"
 
 def _span(index: int) -> Span:
     return Span(
-        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
-        span_id=f"{index + 1:016x}",
-        parent_id=None,
-        name="CallLocal/orders/neworder",
+        trace_id=b"4bf92f3577b34da6a3ce929d0e0e4736",
+        span_id=b"%016x" % (index + 1),
+        parent_id=b"",
         kind="CLIENT",
+        target_app_id="orders",
+        method=b"neworder",
+        verb=b"POST",
+        path=b"/v1.0/invoke/orders/method/neworder",
+        url=b"/v1.0/invoke/orders/method/neworder",
+        status=200,
         start_ns=1_700_000_000_000_000_000 + index,
         end_ns=1_700_000_000_001_000_000 + index,
-        attributes={"dapr.status_code": "200"},
     )
+
+
+def _span_id(index: int) -> str:
+    """The id of `_span(index)` as the collector reads it."""
+    return _span(index).span_id.decode()
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -190,7 +199,7 @@ async def test_zipkin_batch_reaches_the_collector(
     assert received.headers["Authorization"] == "k"
     assert received.headers["Host"] == f"{HOST}:{collector.port}"
     assert received.body == encode_zipkin(spans, "checkout")
-    assert [r["id"] for r in json.loads(received.body)] == [s.span_id for s in spans]
+    assert [r["id"] for r in json.loads(received.body)] == [s.span_id.decode() for s in spans]
     assert (exporter.exported, exporter.dropped, exporter.queued) == (3, 0, 0)
 
 
@@ -214,7 +223,7 @@ async def test_otlp_batch_reaches_the_collector(
     document = json.loads(received.body)
     (resource_spans,) = document["resourceSpans"]
     (scope_spans,) = resource_spans["scopeSpans"]
-    assert [s["spanId"] for s in scope_spans["spans"]] == [s.span_id for s in spans]
+    assert [s["spanId"] for s in scope_spans["spans"]] == [s.span_id.decode() for s in spans]
     assert exporter.dropped == 0
 
 
@@ -226,7 +235,7 @@ async def test_exporter_keeps_exporting_batch_after_batch(
         exporter.submit(_span(round_))
         await eventually(lambda n=round_ + 1: exporter.exported == n)
     assert len(collector.received) == 3
-    assert collector.zipkin_span_ids() == [_span(i).span_id for i in range(3)]
+    assert collector.zipkin_span_ids() == [_span_id(i) for i in range(3)]
 
 
 async def test_a_full_batch_leaves_before_the_interval(
@@ -251,7 +260,7 @@ async def test_batches_hold_at_most_max_batch_spans(
     exporter.start()
     await eventually(lambda: exporter.exported == 10, timeout=2.0)
     assert [len(json.loads(r.body)) for r in collector.received] == [4, 4, 2]
-    assert collector.zipkin_span_ids() == [_span(i).span_id for i in range(10)]
+    assert collector.zipkin_span_ids() == [_span_id(i) for i in range(10)]
 
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path, bytes]:
@@ -306,7 +315,7 @@ async def test_https_collector_with_a_trusted_certificate(
     exporter = make_exporter(collector.url("/api/v2/spans", "https"), ssl_context=client_context)
     exporter.submit(_span(0))
     await eventually(lambda: exporter.exported == 1)
-    assert collector.zipkin_span_ids() == [_span(0).span_id]
+    assert collector.zipkin_span_ids() == [_span_id(0)]
 
 
 async def test_https_collector_with_an_untrusted_certificate_gets_nothing(
@@ -361,7 +370,7 @@ async def test_export_resumes_when_the_collector_comes_back(
     collector: Collector = await start_collector(port=port)
     exporter.submit(_span(1))
     await eventually(lambda: exporter.exported == 1)
-    assert collector.zipkin_span_ids() == [_span(1).span_id]
+    assert collector.zipkin_span_ids() == [_span_id(1)]
     assert len(_warnings(caplog)) == 1
     assert any("works again" in r.getMessage() for r in caplog.records)
 
@@ -466,7 +475,7 @@ async def test_queue_overflow_counts_every_dropped_span(
 
     await exporter.close()
     assert (exporter.exported, exporter.dropped, exporter.queued) == (10, 15, 0)
-    assert collector.zipkin_span_ids() == [_span(i).span_id for i in range(10)]
+    assert collector.zipkin_span_ids() == [_span_id(i) for i in range(10)]
 
 
 async def test_close_flushes_what_is_queued(
@@ -479,7 +488,7 @@ async def test_close_flushes_what_is_queued(
     assert collector.received == []
 
     await exporter.close()
-    assert collector.zipkin_span_ids() == [_span(i).span_id for i in range(7)]
+    assert collector.zipkin_span_ids() == [_span_id(i) for i in range(7)]
     assert (exporter.exported, exporter.dropped) == (7, 0)
     assert exporter.state is ExporterState.CLOSED
 

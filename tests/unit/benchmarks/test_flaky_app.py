@@ -1,7 +1,8 @@
 """Unit tests for benchmarks.flaky_app, the retry case's app.
 
 The retry case's figures (app requests per client request, errors) only mean something if
-the app fails exactly every N-th request, answers in order and never counts /_stats.
+the app fails exactly every N-th request (of each connection, or of the process with
+``--count process``), answers in order and never counts /_stats.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import re
 
 import pytest
 
-from benchmarks import flaky_app, nginx_conf
-from benchmarks.flaky_app import App, Connection
+from benchmarks import flaky_app, nginx_conf, report
+from benchmarks.flaky_app import COUNT_CONNECTION, COUNT_PROCESS, App, Connection, Counter
 
 
 class FakeTransport(asyncio.Transport):
@@ -42,8 +43,10 @@ class FakeTransport(asyncio.Transport):
         self.reading_paused = False
 
 
-def _conn(fail_every: int = 3) -> tuple[App, Connection, FakeTransport]:
-    app = App(fail_every)
+def _conn(
+    fail_every: int = 3, count: str = COUNT_CONNECTION
+) -> tuple[App, Connection, FakeTransport]:
+    app = App(fail_every, count)
     conn = Connection(app)
     transport = FakeTransport()
     conn.connection_made(transport)
@@ -68,16 +71,55 @@ GET_SMALL = b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n"
     ],
     ids=["every-3rd", "always", "every-2nd", "never"],
 )
-def test_should_fail_counts_globally(fail_every: int, want: list[bool]) -> None:
-    app = App(fail_every)
-    assert [app.should_fail() for _ in want] == want
+@pytest.mark.parametrize("count", [COUNT_CONNECTION, COUNT_PROCESS])
+def test_should_fail_every_nth(fail_every: int, want: list[bool], count: str) -> None:
+    """One counter (one connection, or the process): the same pattern in both modes."""
+    app = App(fail_every, count)
+    counter = Counter()
+    assert [app.should_fail(counter) for _ in want] == want
     assert app.requests == len(want)
     assert app.failed == sum(want)
+
+
+def test_should_fail_counts_per_connection() -> None:
+    app = App(3)  # the default: per connection
+    a, b = Counter(), Counter()
+    order = [a, a, b, a, b, b, a, a, a, b]
+    got = [app.should_fail(c) for c in order]
+    # a: 1 2 . 3 . . 4 5 6 .  /  b: . . 1 . 2 3 . . . 4
+    assert got == [False, False, False, True, False, True, False, False, True, False]
+    assert (a.requests, b.requests) == (6, 4)
+    assert (app.requests, app.failed) == (10, 3)
+
+
+def test_should_fail_counts_per_process() -> None:
+    app = App(3, COUNT_PROCESS)
+    a, b = Counter(), Counter()
+    order = [a, a, b, a, b, b, a, a, a, b]
+    got = [app.should_fail(c) for c in order]
+    assert got == [(i + 1) % 3 == 0 for i in range(len(order))]
+    assert (app.requests, app.failed) == (10, 3)
+
+
+def test_should_fail_without_counter_is_one_connection() -> None:
+    app = App(2)
+    assert [app.should_fail() for _ in range(4)] == [False, True, False, True]
+    assert not app.should_fail(Counter())  # another connection's 1st request
 
 
 def test_negative_fail_every_is_rejected() -> None:
     with pytest.raises(ValueError):
         App(-1)
+
+
+def test_unknown_count_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        App(3, "thread")
+
+
+def test_count_modes_match_report() -> None:
+    assert (COUNT_CONNECTION, COUNT_PROCESS) == (report.COUNT_CONNECTION, report.COUNT_PROCESS)
+    assert flaky_app.COUNT_MODES == (COUNT_CONNECTION, COUNT_PROCESS)
 
 
 def test_ok_answer_is_nginx_small_body() -> None:
@@ -114,8 +156,15 @@ def test_stats_are_not_counted_and_never_fail() -> None:
     resp = app.answer(flaky_app.STATS_PATH, close=False)
     assert _statuses(resp) == [200]
     stats = json.loads(resp.split(b"\r\n\r\n", 1)[1])
-    assert stats == {"requests": 1, "failed": 1, "connections": 2, "fail_every": 1}
+    assert stats == {
+        "requests": 1,
+        "failed": 1,
+        "connections": 2,
+        "fail_every": 1,
+        "count": "connection",
+    }
     assert app.requests == 1
+    assert App(3, COUNT_PROCESS).stats()["count"] == "process"
 
 
 def test_pipelined_requests_answered_in_order_in_one_write() -> None:
@@ -135,18 +184,43 @@ def test_request_split_across_reads() -> None:
     assert _statuses(b"".join(transport.writes)) == [200]
 
 
-def test_counter_is_shared_by_connections() -> None:
-    app = App(3)
+def _two_connections(count: str) -> tuple[App, FakeTransport, FakeTransport]:
+    """Connections 1 and 2 send 1, 2, 1, 2, 1, 2 requests' worth, one at a time."""
+    app = App(3, count)
     t1, t2 = FakeTransport(), FakeTransport()
     c1, c2 = Connection(app), Connection(app)
     c1.connection_made(t1)
     c2.connection_made(t2)
-    c1.data_received(GET_SMALL)
-    c2.data_received(GET_SMALL)
-    c1.data_received(GET_SMALL)
-    assert _statuses(b"".join(t1.writes)) == [200, 503]
-    assert _statuses(b"".join(t2.writes)) == [200]
-    assert app.connections == 2
+    for conn in (c1, c2, c1, c2, c1, c2):
+        conn.data_received(GET_SMALL)
+    return app, t1, t2
+
+
+def test_counter_is_shared_by_connections() -> None:
+    app, t1, t2 = _two_connections(COUNT_PROCESS)
+    assert _statuses(b"".join(t1.writes)) == [200, 503, 200]
+    assert _statuses(b"".join(t2.writes)) == [200, 200, 503]
+    assert (app.requests, app.failed, app.connections) == (6, 2, 2)
+
+
+def test_each_connection_counts_its_own() -> None:
+    app, t1, t2 = _two_connections(COUNT_CONNECTION)
+    assert _statuses(b"".join(t1.writes)) == [200, 200, 503]
+    assert _statuses(b"".join(t2.writes)) == [200, 200, 503]
+    assert (app.requests, app.failed, app.connections) == (6, 2, 2)
+
+
+def test_new_connection_starts_its_count_afresh() -> None:
+    app, conn, transport = _conn(3)
+    conn.data_received(GET_SMALL * 2)
+    assert _statuses(b"".join(transport.writes)) == [200, 200]
+    conn.connection_lost(None)
+    t2 = FakeTransport()
+    c2 = Connection(app)
+    c2.connection_made(t2)
+    c2.data_received(GET_SMALL * 3)
+    assert _statuses(b"".join(t2.writes)) == [200, 200, 503]
+    assert app.requests == 5
 
 
 def test_http10_closes_and_ignores_the_rest() -> None:
@@ -185,18 +259,28 @@ def test_back_pressure_pauses_reading() -> None:
 
 
 @pytest.mark.parametrize(
-    ("argv", "port", "fail_every"),
-    [(["8080"], 8080, 3), (["8080", "--fail-every", "0"], 8080, 0)],
-    ids=["default", "healthy"],
+    ("argv", "port", "fail_every", "count"),
+    [
+        (["8080"], 8080, 3, "connection"),
+        (["8080", "--fail-every", "0"], 8080, 0, "connection"),
+        (["8080", "--count", "process"], 8080, 3, "process"),
+        (["8080", "--count", "connection", "--fail-every", "2"], 8080, 2, "connection"),
+    ],
+    ids=["default", "healthy", "process", "connection"],
 )
-def test_parse_args(argv: list[str], port: int, fail_every: int) -> None:
+def test_parse_args(argv: list[str], port: int, fail_every: int, count: str) -> None:
     args = flaky_app.parse_args(argv)
-    assert (args.port, args.fail_every) == (port, fail_every)
+    assert (args.port, args.fail_every, args.count) == (port, fail_every, count)
 
 
-def test_parse_args_rejects_negative() -> None:
+@pytest.mark.parametrize(
+    "argv",
+    [["8080", "--fail-every", "-1"], ["8080", "--count", "thread"]],
+    ids=["negative", "unknown-count"],
+)
+def test_parse_args_rejects(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
-        flaky_app.parse_args(["8080", "--fail-every", "-1"])
+        flaky_app.parse_args(argv)
 
 
 async def test_serves_over_a_real_socket() -> None:
@@ -218,6 +302,74 @@ async def test_serves_over_a_real_socket() -> None:
         assert _statuses(data) == [200, 200, 503]
     finally:
         if writer is not None:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), 5)
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: bytes
+) -> tuple[int, bytes]:
+    """One GET on an open connection: its status and body (Content-Length framed)."""
+    writer.write(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = re.search(rb"\r\nContent-Length: (\d+)\r\n", head)
+    assert length is not None, head
+    body = await asyncio.wait_for(reader.readexactly(int(length[1])), 5)
+    return _statuses(head)[0], body
+
+
+@pytest.mark.parametrize(
+    ("count", "want_a", "want_b"),
+    [
+        # Each connection fails its own 3rd and 6th request.
+        ("connection", [200, 200, 503, 200, 200, 503], [200, 200, 503, 200, 200, 503]),
+        # One counter: the process's 3rd, 6th, 9th, 12th request (a's 2nd and 5th, b's 3rd
+        # and 6th), whichever connection sent it.
+        ("process", [200, 503, 200, 200, 503, 200], [200, 200, 503, 200, 200, 503]),
+    ],
+)
+async def test_two_real_connections(count: str, want_a: list[int], want_b: list[int]) -> None:
+    """Two raw loopback connections sending alternately, one request at a time (a: 1st,
+    b: 2nd, a: 3rd, ... over the process); /_stats on a third connection sums them."""
+    loop = asyncio.get_running_loop()
+    app = App(3, count)
+    server = await loop.create_server(lambda: Connection(app), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        ra, wa = await asyncio.open_connection("127.0.0.1", port)
+        writers.append(wa)
+        rb, wb = await asyncio.open_connection("127.0.0.1", port)
+        writers.append(wb)
+        got_a: list[int] = []
+        got_b: list[int] = []
+        for _ in range(6):
+            status, body = await _exchange(ra, wa, b"/small")
+            assert body == (flaky_app.SMALL_BODY if status == 200 else flaky_app.FAIL_BODY)
+            got_a.append(status)
+            got_b.append((await _exchange(rb, wb, b"/small"))[0])
+        assert (got_a, got_b) == (want_a, want_b)
+
+        rs, ws = await asyncio.open_connection("127.0.0.1", port)
+        writers.append(ws)
+        status, body = await _exchange(rs, ws, flaky_app.STATS_PATH)
+        assert status == 200
+        assert json.loads(body) == {
+            "requests": 12,
+            "failed": 4,
+            "connections": 3,
+            "fail_every": 3,
+            "count": count,
+        }
+        # /_stats is not counted: a's next request is still its 7th (the process's 13th).
+        assert (await _exchange(ra, wa, b"/small"))[0] == 200
+        assert app.requests == 13
+    finally:
+        for writer in writers:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()

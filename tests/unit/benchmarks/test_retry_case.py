@@ -14,11 +14,15 @@ import yaml
 
 from benchmarks import nginx_conf
 from benchmarks.report import (
+    COUNT_CONNECTION,
+    COUNT_PROCESS,
     FASTPROXY,
     FASTPROXY_HEALTHY,
     FASTPROXY_RETRY,
+    FASTPROXY_RETRY_SHARED,
     NGINX,
     NGINX_RETRY,
+    OBS_CASE,
     RETRY_CASE,
     RETRY_COLUMNS,
     RETRY_MAX_RETRIES,
@@ -26,6 +30,7 @@ from benchmarks.report import (
     app_requests_per_request,
     case_title,
     client_errors,
+    expected_per_connection_figures,
     expected_retry_figures,
     fail_every_label,
     format_markdown_table,
@@ -39,10 +44,16 @@ from benchmarks.run import (
     PLAIN_CASES,
     QUICK_CASES,
     RESILIENCY_YAML,
+    RETRY_CASE_NOTE,
+    RETRY_CASE_TARGETS,
     RETRY_FAIL_EVERY,
+    RETRY_ROW_APPS,
     Bench,
+    BenchError,
+    app_counters,
     case_targets,
     count_runs,
+    flaky_app_name,
     plan_summary,
     select_cases,
     split_case,
@@ -78,9 +89,13 @@ def _m(
     sock: int = 0,
     app_requests: int | None = None,
     fail_every: int | None = 3,
+    fail_count: str | None = None,
     error: str | None = None,
     case: str = RETRY_CASE,
 ) -> Measurement:
+    """A retry-case measurement; the app's --count defaults to the row's (RETRY_ROW_APPS)."""
+    if fail_count is None and target in RETRY_ROW_APPS:
+        fail_count = RETRY_ROW_APPS[target][1]
     return Measurement(
         case=case,
         size="small",
@@ -99,6 +114,7 @@ def _m(
         app_failed=None if app_requests is None else app_requests // 3,
         app_connections=1,
         app_fail_every=fail_every,
+        app_fail_count=fail_count,
         error=error,
     )
 
@@ -107,9 +123,10 @@ def _m(
 
 
 def test_retry_case_is_in_full_and_quick_runs() -> None:
+    """The retry case runs after the plain cases, before the observability case."""
     assert RETRY_CASE == "small-c50-retry"
-    assert ALL_CASES[-1] == RETRY_CASE
-    assert ALL_CASES[:-1] == PLAIN_CASES
+    assert ALL_CASES[-2:] == (RETRY_CASE, OBS_CASE)
+    assert ALL_CASES[:-2] == PLAIN_CASES
     assert RETRY_CASE in QUICK_CASES
     assert len(PLAIN_CASES) == 6
 
@@ -120,9 +137,10 @@ def test_retry_case_is_in_full_and_quick_runs() -> None:
         ("small-c50-retry", [RETRY_CASE]),
         ("*-retry", [RETRY_CASE]),
         ("small-c50", ["small-c50"]),
-        ("small-*", ["small-c50", "small-c1", RETRY_CASE]),
+        ("small-*", ["small-c50", "small-c1", RETRY_CASE, OBS_CASE]),
+        ("retry", [RETRY_CASE]),
     ],
-    ids=["name", "glob", "plain-name-only", "small-glob"],
+    ids=["name", "glob", "plain-name-only", "small-glob", "alias"],
 )
 def test_select_cases_with_retry(spec: str, want: list[str]) -> None:
     assert select_cases(spec, quick=False) == want
@@ -139,10 +157,13 @@ def test_split_case_with_variant() -> None:
     [
         (
             ["direct", NGINX, "byte-relay", FASTPROXY],
-            [FASTPROXY_HEALTHY, FASTPROXY_RETRY, NGINX_RETRY],
+            [FASTPROXY_HEALTHY, FASTPROXY_RETRY, FASTPROXY_RETRY_SHARED, NGINX_RETRY],
         ),
-        ([NGINX, FASTPROXY], [FASTPROXY_HEALTHY, FASTPROXY_RETRY, NGINX_RETRY]),
-        ([FASTPROXY], [FASTPROXY_HEALTHY, FASTPROXY_RETRY]),
+        (
+            [NGINX, FASTPROXY],
+            [FASTPROXY_HEALTHY, FASTPROXY_RETRY, FASTPROXY_RETRY_SHARED, NGINX_RETRY],
+        ),
+        ([FASTPROXY], [FASTPROXY_HEALTHY, FASTPROXY_RETRY, FASTPROXY_RETRY_SHARED]),
         ([NGINX], [NGINX_RETRY]),
         (["direct", "byte-relay"], []),
     ],
@@ -158,10 +179,37 @@ def test_case_targets_plain_case_unchanged() -> None:
 
 def test_count_runs_and_plan() -> None:
     targets = ["direct", NGINX, "byte-relay", FASTPROXY]
-    assert count_runs(ALL_CASES, targets) == 6 * 4 + 3
-    assert plan_summary(ALL_CASES, targets) == "6 cases x 4 targets + small-c50-retry x 3 = 27 runs"
+    assert count_runs(ALL_CASES, targets) == 6 * 4 + 4 + 3
+    assert (
+        plan_summary(ALL_CASES, targets)
+        == "6 cases x 4 targets + small-c50-retry x 4 + small-c50-obs x 3 = 31 runs"
+    )
+    assert count_runs([*PLAIN_CASES, RETRY_CASE], targets) == 6 * 4 + 4
     assert plan_summary(["small-c50"], targets) == "1 cases x 4 targets = 4 runs"
-    assert plan_summary([RETRY_CASE], [FASTPROXY]) == "small-c50-retry x 2 = 2 runs"
+    assert plan_summary([RETRY_CASE], [FASTPROXY]) == "small-c50-retry x 3 = 3 runs"
+
+
+def test_row_apps() -> None:
+    """Which app each row runs in front of: one per distinct (fail_every, count)."""
+    assert RETRY_ROW_APPS == {
+        FASTPROXY_HEALTHY: (0, COUNT_CONNECTION),
+        FASTPROXY_RETRY: (3, COUNT_CONNECTION),
+        FASTPROXY_RETRY_SHARED: (3, COUNT_PROCESS),
+        NGINX_RETRY: (3, COUNT_CONNECTION),
+    }
+    rows = {row for rows in RETRY_CASE_TARGETS.values() for row in rows}
+    assert rows == set(RETRY_ROW_APPS)
+    names = {flaky_app_name(*RETRY_ROW_APPS[row]) for row in rows}
+    assert names == {"flaky-app-healthy", "flaky-app-per-conn", "flaky-app-shared"}
+
+
+def test_app_counters() -> None:
+    stats = {"requests": 9, "failed": 3, "connections": 2, "fail_every": 3, "count": "process"}
+    want = {"requests": 9, "failed": 3, "connections": 2, "fail_every": 3}
+    assert app_counters(stats, FASTPROXY_RETRY_SHARED, COUNT_PROCESS) == want
+    assert app_counters(stats, FASTPROXY_RETRY_SHARED, None) == want
+    with pytest.raises(BenchError, match="counts 'process', want 'connection'"):
+        app_counters(stats, FASTPROXY_RETRY, COUNT_CONNECTION)
 
 
 # --------------------------------------------------------------------------- figures
@@ -189,10 +237,19 @@ def test_app_requests_per_request(
 
 
 @pytest.mark.parametrize(
-    ("fail_every", "want"), [(3, "1 in 3"), (0, "never"), (None, "-")], ids=["3", "0", "none"]
+    ("fail_every", "count", "want"),
+    [
+        (3, COUNT_CONNECTION, "1 in 3 per conn"),
+        (3, COUNT_PROCESS, "1 in 3 shared"),
+        (3, None, "1 in 3"),  # results from before --count
+        (0, COUNT_CONNECTION, "never"),
+        (0, None, "never"),
+        (None, None, "-"),
+    ],
+    ids=["per-conn", "shared", "unknown-count", "never", "never-unknown", "none"],
 )
-def test_fail_every_label(fail_every: int | None, want: str) -> None:
-    assert fail_every_label(fail_every) == want
+def test_fail_every_label(fail_every: int | None, count: str | None, want: str) -> None:
+    assert fail_every_label(fail_every, count) == want
 
 
 def test_expected_retry_figures() -> None:
@@ -203,6 +260,14 @@ def test_expected_retry_figures() -> None:
     assert expected_retry_figures(2, 0) == (0.5, 1.0)
 
 
+def test_expected_per_connection_figures() -> None:
+    assert expected_per_connection_figures(3, 3) == (0.0, 1.5)
+    assert expected_per_connection_figures(2, 1) == (0.0, 2.0)
+    assert expected_per_connection_figures(3, 0) == pytest.approx((1 / 3, 1.0))
+    assert expected_per_connection_figures(1, 3) == (1.0, 4.0)
+    assert expected_per_connection_figures(0, 3) == (0.0, 1.0)
+
+
 # --------------------------------------------------------------------------- verdict
 
 
@@ -210,6 +275,7 @@ def test_retry_verdict_pass() -> None:
     ms = [
         _m(FASTPROXY_HEALTHY, 50_000, app_requests=100_000, fail_every=0),
         _m(FASTPROXY_RETRY, 35_000, app_requests=150_000),
+        _m(FASTPROXY_RETRY_SHARED, 34_000, requests=81_000, non_2xx=1_000, app_requests=120_000),
         _m(NGINX_RETRY, 25_000, non_2xx=3, app_requests=148_000),
     ]
     v = retry_verdict(ms)
@@ -221,8 +287,50 @@ def test_retry_verdict_pass() -> None:
     assert "35,000 rps / fastproxy-healthy 50,000 rps" in v.message
     assert "0 client-visible errors" in v.message
     assert "need 0: ok" in v.message
-    assert "1.500 requests per client request" in v.message
+    # fastproxy-retry against the per-connection pattern: no retry fails.
+    assert (
+        "1.500 requests per client request (if each connection fails its requests 3, 6, ... "
+        "and a retry reuses the connection that failed: 0.00 % errors, 1.500 requests per "
+        "request)" in v.message
+    )
+    # The shared-counter row: reported against the independent model, not judged.
+    assert v.shared_client_errors == 1_000
+    assert v.shared_error_share == pytest.approx(1_000 / 81_000)
+    assert (
+        "; fastproxy-retry-shared (app fails 1 in 3 shared): 1000 errors in 81,000 requests "
+        "= 1.23 %, 34,000 rps, 1.481 app requests per request (if each attempt failed 1 in 3 "
+        "independently: 1.23 % errors, 1.481 requests per request)" in v.message
+    )
     assert "nginx-retry: 3 errors" in v.message  # nginx's errors are reported, not judged
+    assert v.message.index(FASTPROXY_RETRY_SHARED) < v.message.index(NGINX_RETRY)
+
+
+def test_retry_verdict_judges_only_the_per_connection_row() -> None:
+    ms = [
+        _m(FASTPROXY_RETRY, 35_000, app_requests=150_000),
+        _m(FASTPROXY_RETRY_SHARED, 34_000, non_2xx=1_234, sock=1),
+    ]
+    v = retry_verdict(ms)
+    assert v.status == "PASS"
+    assert v.shared_client_errors == 1_235
+    assert "fastproxy-retry-shared (app fails 1 in 3 shared): 1235 errors" in v.message
+
+
+def test_retry_verdict_without_shared_row() -> None:
+    ms = [
+        _m(FASTPROXY_RETRY, 35_000, app_requests=150_000),
+        _m(FASTPROXY_RETRY_SHARED, 34_000, error="fastproxy exited"),
+    ]
+    v = retry_verdict(ms)
+    assert v.status == "PASS"
+    assert (v.shared_client_errors, v.shared_error_share) == (None, None)
+    assert FASTPROXY_RETRY_SHARED not in v.message
+
+
+def test_retry_verdict_shared_row_alone_is_skipped() -> None:
+    v = retry_verdict([_m(FASTPROXY_RETRY_SHARED, 34_000)])
+    assert v.status == "SKIPPED"
+    assert v.message == f"{RETRY_CASE}: no successful run of {FASTPROXY_RETRY}"
 
 
 @pytest.mark.parametrize(
@@ -240,7 +348,17 @@ def test_retry_verdict_fail_on_any_client_error(non_2xx: int, sock: int, errors:
     assert v.client_errors == errors
     assert f"{errors} client-visible errors" in v.message
     assert "need 0: NO" in v.message
-    assert "1.23 % errors, 1.481 requests per request" in v.message  # the independent model
+    assert "0.00 % errors, 1.500 requests per request" in v.message  # the per-connection model
+
+
+def test_retry_verdict_old_results_use_the_independent_model() -> None:
+    """A fastproxy-retry measurement without app_fail_count (saved before --count) was made
+    against the process-wide counter."""
+    m = _m(FASTPROXY_RETRY, 35_000, non_2xx=1_205, app_requests=148_300)
+    m.app_fail_count = None
+    v = retry_verdict([m])
+    assert v.status == "FAIL"
+    assert "(if each attempt failed 1 in 3 independently: 1.23 % errors" in v.message
 
 
 def test_retry_verdict_without_healthy_baseline() -> None:
@@ -282,6 +400,7 @@ def test_retry_text_table() -> None:
     ms = [
         _m(FASTPROXY_HEALTHY, 50_000, app_requests=100_000, fail_every=0),
         _m(FASTPROXY_RETRY, 35_000, non_2xx=7, sock=1, app_requests=150_000),
+        _m(FASTPROXY_RETRY_SHARED, 30_000, non_2xx=370, app_requests=148_100),
         _m(NGINX_RETRY, 1, error="nginx died"),
     ]
     lines = format_text_table(ms).splitlines()
@@ -305,6 +424,8 @@ def test_retry_text_table() -> None:
         "1",
         "in",
         "3",
+        "per",
+        "conn",
         "35,000",
         "0.70",
         "1.000",
@@ -316,7 +437,24 @@ def test_retry_text_table() -> None:
         "1.500",
         "1",
     ]
-    assert lines[4].split()[:5] == [NGINX_RETRY, "1", "in", "3", "ERROR"]
+    assert lines[4].split() == [
+        FASTPROXY_RETRY_SHARED,
+        "1",
+        "in",
+        "3",
+        "shared",
+        "30,000",
+        "0.60",
+        "1.000",
+        "4.000",
+        "25.0",
+        "10.0",
+        "370",
+        "0",
+        "1.481",
+        "1",
+    ]
+    assert lines[5].split()[:7] == [NGINX_RETRY, "1", "in", "3", "per", "conn", "ERROR"]
 
 
 def test_retry_markdown_table() -> None:
@@ -324,7 +462,8 @@ def test_retry_markdown_table() -> None:
     lines = format_markdown_table(ms).splitlines()
     assert lines[0] == "| " + " | ".join(RETRY_COLUMNS) + " |"
     assert len(lines) == 4
-    assert lines[3].startswith(f"| {FASTPROXY_RETRY} | 1 in 3 | 35,000 | 0.70 |")
+    assert lines[3].startswith(f"| {FASTPROXY_RETRY} | 1 in 3 per conn | 35,000 | 0.70 |")
+    assert lines[2].startswith(f"| {FASTPROXY_HEALTHY} | never | 50,000 | 1.00 |")
 
 
 def test_plain_case_keeps_common_table() -> None:
@@ -382,6 +521,13 @@ def test_resiliency_yaml_loads_in_fastproxy() -> None:
 def test_retry_figures_agree() -> None:
     assert RETRY_FAIL_EVERY == 3
     assert nginx_conf.RETRY_TRIES == RETRY_MAX_RETRIES + 1
+
+
+def test_retry_case_note_names_every_row_and_its_app() -> None:
+    for row in RETRY_ROW_APPS:
+        assert row in RETRY_CASE_NOTE
+    assert "1 in 3 per connection" in RETRY_CASE_NOTE
+    assert "1 in 3 shared" in RETRY_CASE_NOTE
 
 
 @pytest.mark.parametrize("as_root", [True, False], ids=["root", "non-root"])

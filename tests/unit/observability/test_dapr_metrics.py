@@ -219,8 +219,10 @@ EXPECTED_METRICS = {
 
 
 def record_everything(metrics: DaprMetrics) -> None:
-    metrics.record_server("POST", "/v1.0/invoke/app2/method/orders", 200, 2.0, 10, 20, 0.01)
-    metrics.record_app_call("POST", "/orders", 200, 1.0)
+    metrics.record_server(
+        b"POST", b"/v1.0/invoke/app1/method/orders", 200, 2.0, 10, 20, 0.01, b"/orders", 1.0
+    )
+    metrics.record_app_call(b"POST", b"/orders", 200, 1.0)
     metrics.record_remote_call("app2", 200, 1.5)
     metrics.record_inbound("app0", 200)
     metrics.record_retry("app2")
@@ -246,9 +248,11 @@ def test_every_metric_has_daprs_name_type_and_label_names() -> None:
 
 def test_record_server_counts_and_observes_every_server_series() -> None:
     metrics = DaprMetrics("app1")
-    metrics.record_server("GET", "/v1.0/invoke/app2/method/orders/1?x=y", 200, 3.0, 10, 2000, 0.02)
-    metrics.record_server("GET", "/v1.0/invoke/app2/method/orders/1?x=z", 200, 7.5, 0, 1024, 0.5)
-    metrics.record_server("GET", "/v1.0/invoke/app2/method/orders/1", 503, 1.0, 0, 30, 0.01)
+    metrics.record_server(
+        b"GET", b"/v1.0/invoke/app2/method/orders/1?x=y", 200, 3.0, 10, 2000, 0.02
+    )
+    metrics.record_server(b"GET", b"/v1.0/invoke/app2/method/orders/1?x=z", 200, 7.5, 0, 1024, 0.5)
+    metrics.record_server(b"GET", b"/v1.0/invoke/app2/method/orders/1", 503, 1.0, 0, 30, 0.01)
     found = samples(metrics)
     path = "/v1.0/invoke/app2/method/orders/1"
     ok = L(app_id="app1", method="GET", path=path, status="200")
@@ -269,26 +273,28 @@ def test_record_server_counts_and_observes_every_server_series() -> None:
     assert found[("fastproxy_sidecar_time_ms_bucket", app | {("le", "0.01")})] == 1
     assert found[("fastproxy_sidecar_time_ms_bucket", app | {("le", "0.02")})] == 2
     assert found[("fastproxy_sidecar_time_ms_count", app)] == 3
+    # No request here reached the app.
+    assert only(found, "dapr_http_client_completed_count") == {}
 
 
 @pytest.mark.parametrize(
     ("options", "method", "path", "expected_method", "expected_path"),
     [
-        pytest.param({}, "PUT", "/v1.0/invoke/b/method/x", "PUT", "/v1.0/invoke/b/method/x",
+        pytest.param({}, b"PUT", b"/v1.0/invoke/b/method/x", "PUT", "/v1.0/invoke/b/method/x",
                      id="defaults"),
-        pytest.param({"exclude_verbs": True}, "PUT", "/x", "", "/x", id="verbs-excluded"),
-        pytest.param({}, "BREW", "/x", "UNKNOWN", "/x", id="unknown-verb"),
-        pytest.param({"increased_cardinality": False}, "GET", "/x", "GET", "",
+        pytest.param({"exclude_verbs": True}, b"PUT", b"/x", "", "/x", id="verbs-excluded"),
+        pytest.param({}, b"BREW", b"/x", "UNKNOWN", "/x", id="unknown-verb"),
+        pytest.param({"increased_cardinality": False}, b"GET", b"/x", "GET", "",
                      id="low-cardinality"),
-        pytest.param({"increased_cardinality": False, "path_matching": ["/orders/{id}"]}, "GET",
-                     "/v1.0/invoke/shop/method/orders/5", "GET",
+        pytest.param({"increased_cardinality": False, "path_matching": ["/orders/{id}"]}, b"GET",
+                     b"/v1.0/invoke/shop/method/orders/5", "GET",
                      "/v1.0/invoke/{app_id}/method/orders/{id}", id="path-matching"),
     ],
 )  # fmt: skip
 def test_server_labels_follow_the_configuration(
     options: dict[str, object],
-    method: str,
-    path: str,
+    method: bytes,
+    path: bytes,
     expected_method: str,
     expected_path: str,
 ) -> None:
@@ -300,10 +306,114 @@ def test_server_labels_follow_the_configuration(
     }
 
 
+def test_record_server_records_the_app_leg_under_the_apps_path() -> None:
+    metrics = DaprMetrics("app1")
+    api = b"/v1.0/invoke/app1/method/orders/1"
+    metrics.record_server(b"GET", api + b"?x=y", 200, 5.0, 0, 10, 0.5, b"/orders/1?x=y", 4.0)
+    metrics.record_server(b"GET", api + b"?x=y", 200, 3.0, 0, 10, 0.5, b"/orders/1?x=y", 2.5)
+    metrics.record_server(b"GET", api, 503, 2.0, 0, 10, 0.5, b"/orders/1", 0.0)
+    found = samples(metrics)
+    server_ok = L(app_id="app1", method="GET", path=api.decode(), status="200")
+    server_failed = L(app_id="app1", method="GET", path=api.decode(), status="503")
+    app_ok = L(app_id="app1", method="GET", path="/orders/1", status="200")
+    app_failed = L(app_id="app1", method="GET", path="/orders/1", status="503")
+
+    assert only(found, "dapr_http_server_request_count") == {server_ok: 2, server_failed: 1}
+    # An app round trip of 0 ms is still one.
+    assert only(found, "dapr_http_client_completed_count") == {app_ok: 2, app_failed: 1}
+    assert only(found, "dapr_http_client_roundtrip_latency_count") == {app_ok: 2, app_failed: 1}
+    assert only(found, "dapr_http_client_roundtrip_latency_sum") == {app_ok: 6.5, app_failed: 0.0}
+    assert found[("dapr_http_client_roundtrip_latency_bucket", app_ok | {("le", "2")})] == 0
+    assert found[("dapr_http_client_roundtrip_latency_bucket", app_ok | {("le", "3")})] == 1
+    assert found[("dapr_http_client_roundtrip_latency_bucket", app_ok | {("le", "4")})] == 2
+    assert found[("dapr_http_client_roundtrip_latency_bucket", app_failed | {("le", "1")})] == 1
+    # The server's latency is the whole request's, not the app's share.
+    assert only(found, "dapr_http_server_latency_sum") == {server_ok: 8.0, server_failed: 2.0}
+
+
+@pytest.mark.parametrize(
+    "app_leg",
+    [
+        pytest.param((), id="default"),
+        pytest.param((b"/orders", -1.0), id="negative"),
+        pytest.param((b"/orders", -0.001), id="just-below-zero"),
+    ],
+)
+def test_record_server_without_an_app_round_trip_records_no_app_leg(
+    app_leg: tuple[bytes, float] | tuple[()],
+) -> None:
+    metrics = DaprMetrics("app1")
+    metrics.record_server(
+        b"GET", b"/v1.0/invoke/app1/method/orders", 500, 1.0, 0, 10, 1.0, *app_leg
+    )
+    found = samples(metrics)
+
+    assert only(found, "dapr_http_server_request_count") == {
+        L(app_id="app1", method="GET", path="/v1.0/invoke/app1/method/orders", status="500"): 1
+    }
+    assert only(found, "dapr_http_client_completed_count") == {}
+    assert only(found, "dapr_http_client_roundtrip_latency_count") == {}
+
+
+def test_app_leg_series_appear_on_the_first_request_that_reached_the_app() -> None:
+    metrics = DaprMetrics("app1")
+    api = b"/v1.0/invoke/app1/method/orders"
+    metrics.record_server(b"POST", api, 200, 1.0, 0, 0, 1.0)
+    assert only(samples(metrics), "dapr_http_client_completed_count") == {}
+
+    metrics.record_server(b"POST", api, 200, 3.0, 0, 0, 1.0, b"/orders", 2.0)
+    metrics.record_server(b"POST", api, 200, 1.0, 0, 0, 1.0)
+    found = samples(metrics)
+    app_leg = L(app_id="app1", method="POST", path="/orders", status="200")
+
+    assert only(found, "dapr_http_server_request_count") == {
+        L(app_id="app1", method="POST", path="/v1.0/invoke/app1/method/orders", status="200"): 3
+    }
+    assert only(found, "dapr_http_client_completed_count") == {app_leg: 1}
+    assert only(found, "dapr_http_client_roundtrip_latency_sum") == {app_leg: 2.0}
+
+
+@pytest.mark.parametrize(
+    ("options", "method", "expected_method", "expected_server", "expected_app"),
+    [
+        pytest.param({}, b"PUT", "PUT", "/v1.0/invoke/app1/method/orders/5", "/orders/5",
+                     id="defaults"),
+        pytest.param({"exclude_verbs": True}, b"PUT", "", "/v1.0/invoke/app1/method/orders/5",
+                     "/orders/5", id="verbs-excluded"),
+        pytest.param({}, b"BREW", "UNKNOWN", "/v1.0/invoke/app1/method/orders/5", "/orders/5",
+                     id="unknown-verb"),
+        pytest.param({"increased_cardinality": False}, b"GET", "GET", "", "",
+                     id="low-cardinality"),
+        pytest.param({"increased_cardinality": False, "path_matching": ["/orders/{id}"]}, b"GET",
+                     "GET", "/v1.0/invoke/{app_id}/method/orders/{id}", "/orders/{id}",
+                     id="path-matching"),
+    ],
+)  # fmt: skip
+def test_app_leg_labels_follow_the_configuration(
+    options: dict[str, object],
+    method: bytes,
+    expected_method: str,
+    expected_server: str,
+    expected_app: str,
+) -> None:
+    metrics = DaprMetrics("app1", **options)  # type: ignore[arg-type]
+    metrics.record_server(
+        method, b"/v1.0/invoke/app1/method/orders/5?q=1", 204, 2.0, 0, 0, 1.0, b"/orders/5?q=1", 1.0
+    )
+    found = samples(metrics)
+
+    assert only(found, "dapr_http_server_request_count") == {
+        L(app_id="app1", method=expected_method, path=expected_server, status="204"): 1
+    }
+    assert only(found, "dapr_http_client_completed_count") == {
+        L(app_id="app1", method=expected_method, path=expected_app, status="204"): 1
+    }
+
+
 def test_record_app_call_records_the_app_leg() -> None:
     metrics = DaprMetrics("app1")
-    metrics.record_app_call("POST", "/orders?id=3", 201, 4.0)
-    metrics.record_app_call("POST", "/orders", 201, 6.0)
+    metrics.record_app_call(b"POST", b"/orders?id=3", 201, 4.0)
+    metrics.record_app_call(b"POST", b"/orders", 201, 6.0)
     found = samples(metrics)
     labels = L(app_id="app1", method="POST", path="/orders", status="201")
 
@@ -360,6 +470,19 @@ def test_retries_and_acl_denials_are_counted() -> None:
     assert only(found, "fastproxy_acl_denied_total") == {L(app_id="app1", src_app_id="app9"): 1}
 
 
+def test_record_retry_adds_every_retry_attempt() -> None:
+    metrics = DaprMetrics("app1")
+    metrics.record_retry("app2", 3)
+    metrics.record_retry("app2")
+    metrics.record_retry("app3", retries=2)
+    found = samples(metrics)
+
+    assert only(found, "fastproxy_retries_total") == {
+        L(app_id="app1", dst_app_id="app2"): 4,
+        L(app_id="app1", dst_app_id="app3"): 2,
+    }
+
+
 def test_disabled_metrics_record_nothing() -> None:
     metrics = DaprMetrics("app1", enabled=False)
     record_everything(metrics)
@@ -375,8 +498,8 @@ def test_disabled_metrics_record_nothing() -> None:
 def test_distinct_paths_past_the_bound_fold_into_other_and_are_counted() -> None:
     metrics = DaprMetrics("app1", max_series=2)
     for index in range(5):
-        metrics.record_server("GET", f"/p/{index}", 200, 1.0, 0, 0, 0.01)
-    metrics.record_server("GET", "/p/0", 200, 1.0, 0, 0, 0.01)
+        metrics.record_server(b"GET", b"/p/%d" % index, 200, 1.0, 0, 0, 0.01)
+    metrics.record_server(b"GET", b"/p/0", 200, 1.0, 0, 0, 0.01)
     found = samples(metrics)
     other = L(app_id="_other", method="_other", path="_other", status="_other")
 
@@ -393,7 +516,7 @@ def test_distinct_paths_past_the_bound_fold_into_other_and_are_counted() -> None
 def test_series_stay_bounded_under_a_flood_of_distinct_paths() -> None:
     metrics = DaprMetrics("app1", max_series=100)
     for index in range(10_000):
-        metrics.record_server("GET", f"/flood/{index}", 200, 1.0, 0, 0, 0.01)
+        metrics.record_server(b"GET", b"/flood/%d" % index, 200, 1.0, 0, 0, 0.01)
 
     counter = metrics.registry.get("dapr_http_server_request_count")
     assert isinstance(counter, Counter)

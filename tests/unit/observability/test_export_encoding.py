@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -15,30 +16,69 @@ from fastproxy.observability.export import (
 )
 from fastproxy.observability.spans import Span
 
-TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+Encoder = Callable[[list[Span], str], bytes]
+ENCODERS = [pytest.param(encode_zipkin, id="zipkin"), pytest.param(encode_otlp_json, id="otlp")]
 
-ROOT = Span(
-    trace_id=TRACE_ID,
-    span_id="00f067aa0ba902b7",
-    parent_id=None,
-    name="CallLocal/orders/neworder",
-    kind="CLIENT",
-    start_ns=1_700_000_000_123_456_789,
-    end_ns=1_700_000_000_125_956_789,
-    attributes={"rpc.service": "ServiceInvocation", "dapr.status_code": "200"},
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+INVOKE_PATH = b"/v1.0/invoke/orders/method/neworder"
+
+
+def _make(**overrides: Any) -> Span:
+    settings: dict[str, Any] = {
+        "trace_id": TRACE_ID.encode(),
+        "span_id": b"00f067aa0ba902b7",
+        "parent_id": b"",
+        "kind": "CLIENT",
+        "target_app_id": "orders",
+        "method": b"neworder",
+        "verb": b"POST",
+        "path": INVOKE_PATH,
+        "url": INVOKE_PATH + b"?x=1",
+        "status": 200,
+        "start_ns": 1_700_000_000_123_456_789,
+        "end_ns": 1_700_000_000_125_956_789,
+    }
+    settings.update(overrides)
+    return Span(**settings)
+
+
+ROOT = _make(
+    server_address="10.0.0.7",
+    server_port=3000,
+    headers=((b"Dapr-App-Id", b"orders"), (b"dapr-api-token", b"s3cret"), (b"accept", b"*/*")),
 )
-FAILED_CHILD = Span(
-    trace_id=TRACE_ID,
-    span_id="b7ad6b7169203331",
-    parent_id="00f067aa0ba902b7",
-    name="CallLocal/orders/neworder",
+FAILED_CHILD = _make(
+    span_id=b"b7ad6b7169203331",
+    parent_id=b"00f067aa0ba902b7",
     kind="SERVER",
+    verb=b"GET",
+    url=INVOKE_PATH,
+    status=503,
     start_ns=1_700_000_000_124_000_000,
     end_ns=1_700_000_000_124_000_400,  # 400 ns: below Zipkin's microsecond
-    attributes={"dapr.status_code": "503"},
-    status_error=True,
-    status_message="Code(503): Service Unavailable",
 )
+
+ROOT_TAGS = {
+    "dapr-app-id": "orders",
+    "rpc.service": "ServiceInvocation",
+    "net.peer.name": "orders",
+    "dapr.protocol": "http",
+    "dapr.api": "POST /v1.0/invoke/orders/method/neworder",
+    "dapr.status_code": "200",
+    "http.request.method": "POST",
+    "url.full": "/v1.0/invoke/orders/method/neworder?x=1",
+    "server.address": "10.0.0.7",
+    "server.port": "3000",
+}
+FAILED_CHILD_TAGS = {
+    "rpc.service": "ServiceInvocation",
+    "net.peer.name": "orders",
+    "dapr.protocol": "http",
+    "dapr.api": "GET /v1.0/invoke/orders/method/neworder",
+    "dapr.status_code": "503",
+    "http.request.method": "GET",
+    "url.full": "/v1.0/invoke/orders/method/neworder",
+}
 
 
 def test_zipkin_v2_document() -> None:
@@ -52,7 +92,7 @@ def test_zipkin_v2_document() -> None:
             "timestamp": 1_700_000_000_123_456,
             "duration": 2500,
             "localEndpoint": {"serviceName": "checkout"},
-            "tags": {"rpc.service": "ServiceInvocation", "dapr.status_code": "200"},
+            "tags": ROOT_TAGS,
         },
         {
             "traceId": TRACE_ID,
@@ -63,11 +103,8 @@ def test_zipkin_v2_document() -> None:
             "timestamp": 1_700_000_000_124_000,
             "duration": 1,
             "localEndpoint": {"serviceName": "checkout"},
-            "tags": {
-                "dapr.status_code": "503",
-                "otel.status_code": "ERROR",
-                "error": "Code(503): Service Unavailable",
-            },
+            "tags": FAILED_CHILD_TAGS
+            | {"otel.status_code": "ERROR", "error": "Code(503): Service Unavailable"},
         },
     ]
 
@@ -78,9 +115,8 @@ def test_zipkin_root_span_has_no_parent_id_key() -> None:
     assert "error" not in record["tags"]
 
 
-def test_zipkin_encoding_does_not_change_the_span() -> None:
-    encode_zipkin([FAILED_CHILD], "checkout")
-    assert FAILED_CHILD.attributes == {"dapr.status_code": "503"}
+def _otlp_attributes(tags: dict[str, str]) -> list[dict[str, object]]:
+    return [{"key": key, "value": {"stringValue": value}} for key, value in tags.items()]
 
 
 def test_otlp_json_document() -> None:
@@ -102,13 +138,7 @@ def test_otlp_json_document() -> None:
                                 "kind": 3,
                                 "startTimeUnixNano": "1700000000123456789",
                                 "endTimeUnixNano": "1700000000125956789",
-                                "attributes": [
-                                    {
-                                        "key": "rpc.service",
-                                        "value": {"stringValue": "ServiceInvocation"},
-                                    },
-                                    {"key": "dapr.status_code", "value": {"stringValue": "200"}},
-                                ],
+                                "attributes": _otlp_attributes(ROOT_TAGS),
                                 "status": {"code": 0},
                             },
                             {
@@ -119,9 +149,7 @@ def test_otlp_json_document() -> None:
                                 "kind": 2,
                                 "startTimeUnixNano": "1700000000124000000",
                                 "endTimeUnixNano": "1700000000124000400",
-                                "attributes": [
-                                    {"key": "dapr.status_code", "value": {"stringValue": "503"}}
-                                ],
+                                "attributes": _otlp_attributes(FAILED_CHILD_TAGS),
                                 "status": {"code": 2, "message": "Code(503): Service Unavailable"},
                             },
                         ],
@@ -130,6 +158,169 @@ def test_otlp_json_document() -> None:
             }
         ]
     }
+
+
+# -- the encoders against the span's own view ----------------------------------------------
+
+
+def _text(value: bytes) -> str:
+    return value.decode("latin-1")
+
+
+def _zipkin_reference(spans: list[Span], service_name: str) -> object:
+    """What a Zipkin body must parse to, from the span's derived name and attributes."""
+    records = []
+    for span in spans:
+        tags = span.attributes()
+        if span.status_error:
+            tags |= {"otel.status_code": "ERROR", "error": span.status_message}
+        record: dict[str, object] = {"traceId": _text(span.trace_id), "id": _text(span.span_id)}
+        if span.parent_id:
+            record["parentId"] = _text(span.parent_id)
+        record |= {
+            "name": span.name,
+            "kind": span.kind,
+            "timestamp": span.start_ns // 1000,
+            "duration": max(1, (span.end_ns - span.start_ns) // 1000),
+            "localEndpoint": {"serviceName": service_name},
+            "tags": tags,
+        }
+        records.append(record)
+    return records
+
+
+def _otlp_reference(spans: list[Span], service_name: str) -> object:
+    """What an OTLP/JSON body must parse to, from the span's derived name and attributes."""
+    records = []
+    for span in spans:
+        record: dict[str, object] = {
+            "traceId": _text(span.trace_id),
+            "spanId": _text(span.span_id),
+        }
+        if span.parent_id:
+            record["parentSpanId"] = _text(span.parent_id)
+        status: dict[str, object] = {"code": 0}
+        if span.status_error:
+            status = {"code": 2, "message": span.status_message}
+        record |= {
+            "name": span.name,
+            "kind": {"SERVER": 2, "CLIENT": 3}[span.kind],
+            "startTimeUnixNano": str(span.start_ns),
+            "endTimeUnixNano": str(span.end_ns),
+            "attributes": _otlp_attributes(span.attributes()),
+            "status": status,
+        }
+        records.append(record)
+    resource = {"attributes": _otlp_attributes({"service.name": service_name})}
+    scope_spans = [{"scope": {"name": "fastproxy"}, "spans": records}]
+    return {"resourceSpans": [{"resource": resource, "scopeSpans": scope_spans}]}
+
+
+REFERENCES = [
+    pytest.param(encode_zipkin, _zipkin_reference, id="zipkin"),
+    pytest.param(encode_otlp_json, _otlp_reference, id="otlp"),
+]
+
+# Values a request or a configuration may carry that JSON must escape.
+HOSTILE_BYTES = b'q"uo\te\n\\ \x00\x1f\x7f caf\xe9 \xff </script>'
+HOSTILE_TEXT = 'app "\\ \n\t \x01 caf\u00e9 \u2603 \U0001f600'
+HOSTILE_ASCII = 'app "\\ \n\t \x01 \x7f'
+
+SPANS = [
+    pytest.param(ROOT, id="root-with-headers-and-server"),
+    pytest.param(FAILED_CHILD, id="failed-child"),
+    pytest.param(_make(status=499), id="unknown-error-status"),
+    pytest.param(_make(status=1000), id="status-beyond-the-table"),
+    pytest.param(_make(server_address="orders.svc"), id="server-without-port"),
+    pytest.param(_make(server_port=3000), id="port-without-server"),
+    pytest.param(_make(start_ns=500, end_ns=2400), id="duration-truncated"),
+    pytest.param(_make(start_ns=10, end_ns=5), id="clock-went-back"),
+    pytest.param(_make(method=HOSTILE_BYTES), id="hostile-method"),
+    pytest.param(_make(verb=b'PO"ST'), id="hostile-verb"),
+    pytest.param(_make(path=HOSTILE_BYTES), id="hostile-path"),
+    pytest.param(_make(url=HOSTILE_BYTES), id="hostile-url"),
+    pytest.param(_make(trace_id=HOSTILE_BYTES), id="hostile-trace-id"),
+    pytest.param(_make(span_id=b"\n"), id="hostile-span-id"),
+    pytest.param(_make(parent_id=b'"'), id="hostile-parent-id"),
+    pytest.param(_make(target_app_id=HOSTILE_TEXT), id="hostile-target"),
+    pytest.param(_make(target_app_id=HOSTILE_ASCII), id="hostile-ascii-target"),
+    pytest.param(_make(server_address=HOSTILE_ASCII), id="hostile-ascii-server"),
+    pytest.param(_make(server_address=HOSTILE_TEXT, server_port=1), id="hostile-server"),
+    pytest.param(
+        _make(headers=((b"dapr-x", HOSTILE_BYTES), (b"Dapr-\xe9", b"\\"))),
+        id="hostile-header",
+    ),
+]
+
+
+@pytest.mark.parametrize(("encode", "reference"), REFERENCES)
+@pytest.mark.parametrize("span", SPANS)
+def test_encoders_agree_with_the_span(
+    encode: Encoder, reference: Callable[[list[Span], str], object], span: Span
+) -> None:
+    body = encode([span], "checkout")
+    assert body.isascii()
+    assert json.loads(body) == reference([span], "checkout")
+
+
+@pytest.mark.parametrize(("encode", "reference"), REFERENCES)
+@pytest.mark.parametrize(
+    "service_name",
+    [
+        pytest.param("checkout", id="plain"),
+        pytest.param(HOSTILE_TEXT, id="hostile"),
+        pytest.param(HOSTILE_ASCII, id="hostile-ascii"),
+    ],
+)
+def test_encoders_keep_batch_order(
+    encode: Encoder, reference: Callable[[list[Span], str], object], service_name: str
+) -> None:
+    spans = [
+        _make(span_id=b"%016x" % i, parent_id=b"%016x" % (i + 1) if i % 2 else b"")
+        for i in range(7)
+    ]
+    body = encode(spans, service_name)
+    assert body.isascii()
+    assert json.loads(body) == reference(spans, service_name)
+
+
+@pytest.mark.parametrize("encode", ENCODERS)
+def test_hostile_values_round_trip(encode: Encoder) -> None:
+    span = _make(
+        method=HOSTILE_BYTES,
+        path=HOSTILE_BYTES,
+        url=HOSTILE_BYTES,
+        target_app_id=HOSTILE_TEXT,
+        server_address=HOSTILE_TEXT,
+        server_port=9,
+        headers=((b"dapr-x", HOSTILE_BYTES),),
+    )
+    body = encode([span], HOSTILE_TEXT)
+    assert body.isascii()
+    strings = _strings(json.loads(body))
+    wire_text = HOSTILE_BYTES.decode("latin-1")
+    assert {wire_text, HOSTILE_TEXT, f"CallLocal/{HOSTILE_TEXT}/{wire_text}"} <= strings
+    assert f"POST {wire_text}" in strings
+
+
+@pytest.mark.parametrize("encode", ENCODERS)
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(b"dapr-api-token", id="lower"), pytest.param(b"Dapr-API-Token", id="mixed")],
+)
+def test_api_token_never_leaves(encode: Encoder, name: bytes) -> None:
+    span = _make(headers=((name, b"s3cret-token"), (b"dapr-app-id", b"orders")))
+    body = encode([span], "checkout")
+    assert b"s3cret-token" not in body
+    assert b"dapr-api-token" not in body.lower()
+    assert b"dapr-app-id" in body
+
+
+@pytest.mark.parametrize("encode", ENCODERS)
+def test_clean_values_are_written_as_they_are(encode: Encoder) -> None:
+    body = encode([ROOT], "checkout")
+    for value in (INVOKE_PATH + b"?x=1", b"POST " + INVOKE_PATH, b"CallLocal/orders/neworder"):
+        assert b'"' + value + b'"' in body
 
 
 def _strings(document: object) -> set[str]:
@@ -142,32 +333,16 @@ def _strings(document: object) -> set[str]:
     return set()
 
 
-@pytest.mark.parametrize(
-    "encode", [pytest.param(encode_zipkin, id="zipkin"), pytest.param(encode_otlp_json, id="otlp")]
-)
-def test_encoders_emit_ascii_json_for_any_text(encode: Callable[[list[Span], str], bytes]) -> None:
-    name = 'CallLocal/orders/caf\u00e9 "quoted"\n'
-    value = "\u00e9\u2603\x00,="
-    span = Span(
-        trace_id=TRACE_ID,
-        span_id="00f067aa0ba902b7",
-        parent_id=None,
-        name=name,
-        kind="CLIENT",
-        start_ns=0,
-        end_ns=1000,
-        attributes={"dapr-x": value},
-    )
-    body = encode([span], "svc")
-    assert body.isascii()
-    assert {name, value} <= _strings(json.loads(body))
+def test_empty_batches() -> None:
+    assert encode_zipkin([], "svc") == b"[]"
+    assert json.loads(encode_otlp_json([], "svc")) == _otlp_reference([], "svc")
 
 
-@pytest.mark.parametrize(
-    "encode", [pytest.param(encode_zipkin, id="zipkin"), pytest.param(encode_otlp_json, id="otlp")]
-)
-def test_encoders_accept_an_empty_batch(encode: Callable[[list[Span], str], bytes]) -> None:
-    assert json.loads(encode([], "svc")) is not None
+def test_encoding_does_not_change_the_span() -> None:
+    before = repr(FAILED_CHILD), FAILED_CHILD.attributes()
+    encode_zipkin([FAILED_CHILD], "checkout")
+    encode_otlp_json([FAILED_CHILD], "checkout")
+    assert (repr(FAILED_CHILD), FAILED_CHILD.attributes()) == before
 
 
 @pytest.mark.parametrize(

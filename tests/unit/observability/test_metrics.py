@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 
 import pytest
 
+from fastproxy.observability.dapr_metrics import (
+    DEFAULT_LATENCY_BUCKETS_MS,
+    SIDECAR_TIME_BUCKETS_MS,
+    SIZE_BUCKETS,
+)
 from fastproxy.observability.metrics import (
     OTHER,
     Counter,
@@ -139,6 +146,35 @@ def test_value_lands_in_the_first_bucket_whose_bound_is_not_below_it(
         if line.startswith("h_bucket") and "} 1" in line
     )
     assert first.startswith(f'h_bucket{{le="{expected_bucket}"}}')
+
+
+@pytest.mark.parametrize(
+    "bounds",
+    [
+        pytest.param((1.0,), id="one-bound"),
+        pytest.param((1.0, 2.0), id="two-bounds"),
+        pytest.param((1.0, 2.0, 4.0), id="three-bounds"),
+        pytest.param(DEFAULT_LATENCY_BUCKETS_MS, id="dapr-latency"),
+        pytest.param(SIDECAR_TIME_BUCKETS_MS, id="sidecar-time"),
+        pytest.param(SIZE_BUCKETS, id="sizes"),
+    ],
+)
+def test_every_bound_and_the_values_around_it_land_where_bisect_left_puts_them(
+    bounds: tuple[float, ...],
+) -> None:
+    values = [bounds[0] - 1.0, -math.inf, math.inf]
+    for bound in bounds:
+        values.extend((bound, math.nextafter(bound, -math.inf), math.nextafter(bound, math.inf)))
+    for low, high in itertools.pairwise(bounds):
+        values.append((low + high) / 2)
+    for value in values:
+        child = Histogram("h", "H.", (), bounds).labels()
+        child.observe(value)
+
+        expected = [0] * (len(bounds) + 1)
+        expected[bisect.bisect_left(bounds, value)] = 1
+        assert child.counts == expected, value
+        assert (child.count, child.sum) == (1, value)
 
 
 def test_a_given_inf_bound_is_not_rendered_twice() -> None:

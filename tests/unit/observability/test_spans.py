@@ -1,4 +1,4 @@
-"""The service-invocation span: name, kind, daprd's attributes and error status."""
+"""The service-invocation span: the record, its name, daprd's attributes and error status."""
 
 from __future__ import annotations
 
@@ -6,7 +6,13 @@ from typing import Any
 
 import pytest
 
-from fastproxy.observability.spans import Span, SpanKind, invoke_span, status_description
+from fastproxy.observability.spans import (
+    Span,
+    SpanKind,
+    dapr_headers,
+    invoke_span,
+    status_description,
+)
 
 TRACE_ID = b"4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN_ID = b"00f067aa0ba902b7"
@@ -32,35 +38,61 @@ def _span(**overrides: Any) -> Span:
     return invoke_span(**settings)
 
 
-def test_caller_span_carries_daprd_attributes() -> None:
+def test_invoke_span_builds_the_record() -> None:
     span = _span(
         headers=[(b"Content-Type", b"application/json"), (b"dapr-app-id", b"orders")],
         server_address="10.0.0.7",
         server_port=50002,
     )
     assert span == Span(
-        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
-        span_id="00f067aa0ba902b7",
-        parent_id="b7ad6b7169203331",
-        name="CallLocal/orders/neworder",
+        trace_id=TRACE_ID,
+        span_id=SPAN_ID,
+        parent_id=PARENT_ID,
         kind="CLIENT",
+        target_app_id="orders",
+        method=b"neworder",
+        verb=b"POST",
+        path=b"/v1.0/invoke/orders/method/neworder",
+        url=b"/v1.0/invoke/orders/method/neworder?x=1",
+        status=200,
         start_ns=1_700_000_000_000_000_000,
         end_ns=1_700_000_000_002_500_000,
-        attributes={
-            "dapr-app-id": "orders",
-            "rpc.service": "ServiceInvocation",
-            "net.peer.name": "orders",
-            "dapr.protocol": "http",
-            "dapr.api": "POST /v1.0/invoke/orders/method/neworder",
-            "dapr.status_code": "200",
-            "http.request.method": "POST",
-            "url.full": "/v1.0/invoke/orders/method/neworder?x=1",
-            "server.address": "10.0.0.7",
-            "server.port": "50002",
-        },
-        status_error=False,
-        status_message="",
+        server_address="10.0.0.7",
+        server_port=50002,
+        headers=((b"Content-Type", b"application/json"), (b"dapr-app-id", b"orders")),
     )
+
+
+def test_invoke_span_keeps_the_callers_objects() -> None:
+    """Building a span decodes and copies nothing: the work waits for the encoder."""
+    path = b"/v1.0/invoke/orders/method/neworder"
+    headers = ((b"dapr-app-id", b"orders"),)
+    span = _span(path=path, url=path, method=b"neworder", headers=headers)
+    assert span.path is path
+    assert span.url is path
+    assert span.headers is headers
+
+
+def test_caller_span_carries_daprd_attributes() -> None:
+    span = _span(
+        headers=[(b"Content-Type", b"application/json"), (b"dapr-app-id", b"orders")],
+        server_address="10.0.0.7",
+        server_port=50002,
+    )
+    assert span.name == "CallLocal/orders/neworder"
+    assert span.attributes() == {
+        "dapr-app-id": "orders",
+        "rpc.service": "ServiceInvocation",
+        "net.peer.name": "orders",
+        "dapr.protocol": "http",
+        "dapr.api": "POST /v1.0/invoke/orders/method/neworder",
+        "dapr.status_code": "200",
+        "http.request.method": "POST",
+        "url.full": "/v1.0/invoke/orders/method/neworder?x=1",
+        "server.address": "10.0.0.7",
+        "server.port": "50002",
+    }
+    assert (span.status_error, span.status_message) == (False, "")
 
 
 @pytest.mark.parametrize(
@@ -70,31 +102,27 @@ def test_span_kind_is_kept(kind: SpanKind) -> None:
     assert _span(kind=kind).kind == kind
 
 
-def test_text_arguments_are_accepted_as_str() -> None:
-    span = _span(
-        trace_id=TRACE_ID.decode(),
-        span_id=SPAN_ID.decode(),
-        parent_id=None,
-        method="neworder",
-        verb="GET",
-        path="/neworder",
-        url="/neworder",
-        headers=[("Dapr-Caller-App-Id", "checkout")],
-    )
-    assert span.trace_id == TRACE_ID.decode()
-    assert span.parent_id is None
-    assert span.name == "CallLocal/orders/neworder"
-    assert span.attributes["dapr.api"] == "GET /neworder"
-    assert span.attributes["dapr-caller-app-id"] == "checkout"
+@pytest.mark.parametrize(
+    ("parent_id", "expected"),
+    [
+        pytest.param(None, b"", id="none-is-root"),
+        pytest.param(b"", b"", id="empty-is-root"),
+        pytest.param(PARENT_ID, PARENT_ID, id="child"),
+    ],
+)
+def test_parent_id(parent_id: bytes | None, expected: bytes) -> None:
+    assert _span(parent_id=parent_id).parent_id == expected
 
 
 @pytest.mark.parametrize(
     ("method", "name"),
     [
         pytest.param(b"/neworder", "CallLocal/orders/neworder", id="leading-slash-dropped"),
+        pytest.param(b"//twice", "CallLocal/orders//twice", id="only-one-slash-dropped"),
         pytest.param(b"/a/b/c", "CallLocal/orders/a/b/c", id="nested"),
         pytest.param(b"neworder", "CallLocal/orders/neworder", id="no-slash"),
         pytest.param(b"/", "CallLocal/orders/", id="root"),
+        pytest.param(b"caf\xe9", "CallLocal/orders/caf\u00e9", id="latin-1"),
     ],
 )
 def test_span_name(method: bytes, name: str) -> None:
@@ -125,41 +153,75 @@ def test_span_name(method: bytes, name: str) -> None:
             {"dapr-x": "first"},
             id="first-value-wins",
         ),
+        pytest.param(
+            [(b"Dapr-X", b"first"), (b"dapr-x", b"second")],
+            {"dapr-x": "first"},
+            id="first-value-wins-any-case",
+        ),
         pytest.param([(b"dapr-x", b"caf\xe9")], {"dapr-x": "caf\u00e9"}, id="latin-1-value"),
     ],
 )
 def test_dapr_headers_become_attributes(
     headers: list[tuple[bytes, bytes]], expected: dict[str, str]
 ) -> None:
-    attributes = _span(headers=headers).attributes
+    attributes = _span(headers=headers).attributes()
     from_headers = {k: v for k, v in attributes.items() if k.startswith("dapr-")}
     assert from_headers == expected
 
 
-def test_api_token_value_appears_nowhere_in_the_span() -> None:
-    span = _span(headers=[(b"dapr-api-token", b"s3cret-token"), (b"dapr-app-id", b"orders")])
-    assert "s3cret-token" not in repr(span)
-    assert "dapr-api-token" not in span.attributes
+def test_dapr_headers_keep_order_and_lowercase_names() -> None:
+    headers = [(b"Dapr-B", b"2"), (b"accept", b"*/*"), (b"DAPR-A", b"1"), (b"dapr-b", b"3")]
+    assert dapr_headers(headers) == [(b"dapr-b", b"2"), (b"dapr-a", b"1")]
+
+
+def test_api_token_appears_nowhere_in_the_span() -> None:
+    span = _span(headers=[(b"Dapr-Api-Token", b"s3cret-token"), (b"dapr-app-id", b"orders")])
+    outputs = [repr(span), span.name, str(span.attributes()), repr(dapr_headers(span.headers))]
+    for output in outputs:
+        assert "s3cret-token" not in output
+        assert "dapr-api-token" not in output.lower()
+
+
+def test_repr_names_the_span_and_its_trace() -> None:
+    assert repr(_span(parent_id=None, status=503)) == (
+        "<Span CLIENT CallLocal/orders/neworder status=503"
+        " trace=4bf92f3577b34da6a3ce929d0e0e4736 span=00f067aa0ba902b7 parent=->"
+    )
+
+
+@pytest.mark.parametrize(
+    ("changed", "value"),
+    [
+        pytest.param("trace_id", b"0" * 32, id="trace_id"),
+        pytest.param("parent_id", b"", id="parent_id"),
+        pytest.param("kind", "SERVER", id="kind"),
+        pytest.param("status", 500, id="status"),
+        pytest.param("end_ns", 0, id="end_ns"),
+        pytest.param("server_port", 1, id="server_port"),
+        pytest.param("headers", ((b"dapr-x", b"1"),), id="headers"),
+    ],
+)
+def test_spans_compare_by_every_field(changed: str, value: object) -> None:
+    assert _span() == _span()
+    assert _span() != _span(**{changed: value})
 
 
 @pytest.mark.parametrize(
     ("address", "port", "expected"),
     [
-        pytest.param(None, None, {}, id="unknown"),
+        pytest.param("", 0, {}, id="unknown"),
         pytest.param(
             "10.0.0.7",
             3000,
             {"server.address": "10.0.0.7", "server.port": "3000"},
             id="address-and-port",
         ),
-        pytest.param("orders.svc", None, {"server.address": "orders.svc"}, id="address-only"),
-        pytest.param(None, 3000, {}, id="port-without-address"),
+        pytest.param("orders.svc", 0, {"server.address": "orders.svc"}, id="address-only"),
+        pytest.param("", 3000, {}, id="port-without-address"),
     ],
 )
-def test_server_address_attributes(
-    address: str | None, port: int | None, expected: dict[str, str]
-) -> None:
-    attributes = _span(server_address=address, server_port=port).attributes
+def test_server_address_attributes(address: str, port: int, expected: dict[str, str]) -> None:
+    attributes = _span(server_address=address, server_port=port).attributes()
     assert {k: v for k, v in attributes.items() if k.startswith("server.")} == expected
 
 
@@ -183,7 +245,7 @@ def test_error_status_from_http_status(status: int, error: bool, message: str) -
     span = _span(status=status)
     assert span.status_error is error
     assert span.status_message == message
-    assert span.attributes["dapr.status_code"] == str(status)
+    assert span.attributes()["dapr.status_code"] == str(status)
 
 
 def test_status_description() -> None:

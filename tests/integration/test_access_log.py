@@ -1,0 +1,529 @@
+"""The access log on real requests: one line per request on stdout, as text or JSON.
+
+In-process sidecars write to the `sys.stdout` they found at start, which
+pytest's `capfd` captures; stopping a sidecar flushes its log thread, so a
+test reads every line it caused without waiting on a timer. One test runs
+`python -m fastproxy run` as a process and reads the stdout it wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fastproxy import Sidecar
+from tests.integration.conftest import (
+    EchoApp,
+    Response,
+    SidecarFactory,
+    parse_responses,
+    raw_exchange,
+    request,
+)
+from tests.integration.ports import free_port
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_TIMEOUT = 30.0
+APP = "/v1.0/invoke/app/method"
+FIELDS = [
+    "time",
+    "method",
+    "path",
+    "app_id",
+    "status",
+    "bytes_in",
+    "bytes_out",
+    "upstream",
+    "total_ms",
+    "upstream_ms",
+    "retries",
+    "trace_id",
+    "client",
+]
+INTEGERS = ("status", "bytes_in", "bytes_out", "retries")
+TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+# -- reading lines back ------------------------------------------------------------------------
+
+_PAIR = re.compile(r'([a-z_]+)=("(?:[^"\\]|\\.)*"|[^ "]+)')
+_ESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|.)")
+_SIMPLE = {'"': '"', "\\": "\\", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _unescape(match: re.Match[str]) -> str:
+    code = match.group(1)
+    if code in _SIMPLE:
+        return _SIMPLE[code]
+    assert code[0] in "xuU", f"unknown escape \\{code}"
+    return chr(int(code[1:], 16))
+
+
+def parse_text(line: str) -> dict[str, Any]:
+    """A `key=value ...` line; the whole line must be pairs, each key once, in FIELDS order."""
+    fields: dict[str, Any] = {}
+    position = 0
+    while position < len(line):
+        if fields:
+            assert line[position] == " ", f"no space before {line[position:]!r}"
+            position += 1
+        match = _PAIR.match(line, position)
+        assert match is not None, f"not a key=value pair at {line[position:]!r}"
+        key, raw = match.groups()
+        assert key not in fields, f"{key} twice in {line!r}"
+        fields[key] = _ESCAPE.sub(_unescape, raw[1:-1]) if raw.startswith('"') else raw
+        position = match.end()
+    assert list(fields) == FIELDS, line
+    for key in INTEGERS:
+        fields[key] = int(fields[key])
+    return fields
+
+
+def parse_json(line: str) -> dict[str, Any]:
+    fields: dict[str, Any] = json.loads(line)
+    assert list(fields) == FIELDS, line
+    for key in INTEGERS:
+        assert isinstance(fields[key], int), (key, line)
+    return fields
+
+
+PARSERS = {"text": parse_text, "json": parse_json}
+
+
+def access_lines(output: str, form: str) -> list[dict[str, Any]]:
+    """Every line of `output` read as an access log line of `form`."""
+    return [PARSERS[form](line) for line in output.splitlines() if line]
+
+
+def check_timings(fields: dict[str, Any]) -> None:
+    assert TIME_RE.fullmatch(fields["time"]), fields
+    total, upstream = float(fields["total_ms"]), float(fields["upstream_ms"])
+    assert 0 <= upstream <= total < 10_000, fields
+
+
+def traceparent_trace(response: Response) -> str:
+    value = response.header("traceparent")
+    assert value is not None, response
+    return value.split("-")[1]
+
+
+# -- sidecars ----------------------------------------------------------------------------------
+
+
+def write_yaml(folder: Path, name: str, document: dict[str, Any]) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return str(path)
+
+
+def configuration(folder: Path, spec: dict[str, Any]) -> str:
+    document = {
+        "apiVersion": "dapr.io/v1alpha1",
+        "kind": "Configuration",
+        "metadata": {"name": "observed"},
+        "spec": spec,
+    }
+    return write_yaml(folder, "observed", document)
+
+
+async def logging_sidecar(
+    make_sidecar: SidecarFactory,
+    tmp_path: Path,
+    form: str,
+    spec: dict[str, Any] | None = None,
+    **settings: Any,
+) -> Sidecar:
+    settings.setdefault("enable_api_logging", True)
+    settings.setdefault("metrics_listen_address", "127.0.0.1")
+    if spec is not None:
+        settings["config_file"] = configuration(tmp_path / "config", spec)
+    return await make_sidecar(log_as_json=form == "json", **settings)
+
+
+async def stop_and_read(sidecar: Sidecar, capfd: pytest.CaptureFixture[str]) -> str:
+    """Stop the sidecar (its log thread writes what is queued, then ends); its stdout."""
+    await sidecar.stop(grace=1.0)
+    return capfd.readouterr().out
+
+
+# -- the lines ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["text", "json"])
+async def test_one_line_per_request_with_the_right_fields(
+    capfd: pytest.CaptureFixture[str],
+    make_sidecar: SidecarFactory,
+    echo_app: EchoApp,
+    tmp_path: Path,
+    form: str,
+) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT):
+        # Tracing at rate 0: every request has a trace id and nothing is exported.
+        sidecar = await logging_sidecar(
+            make_sidecar, tmp_path, form, {"tracing": {"samplingRate": "0"}}, app_port=echo_app.port
+        )
+        port = sidecar.http_port
+        ok = await request(port, "GET", f"{APP}/orders?page=2")
+        failed = await request(port, "POST", f"{APP}/pay?status=503", body=b"hello")
+        chunked = await request(
+            port,
+            "PUT",
+            f"{APP}/upload",
+            {"Transfer-Encoding": "chunked"},
+            b"4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n",
+        )
+        unknown = await request(port, "GET", "/v1.0/invoke/nowhere/method/x")
+        health = await request(port, "GET", "/v1.0/healthz")
+        assert [r.status for r in (ok, failed, chunked, unknown, health)] == [
+            200,
+            503,
+            200,
+            500,
+            204,
+        ]
+        lines = access_lines(await stop_and_read(sidecar, capfd), form)
+
+        assert [(f["method"], f["path"], f["app_id"], f["status"]) for f in lines] == [
+            ("GET", f"{APP}/orders", "app", 200),
+            ("POST", f"{APP}/pay", "app", 503),
+            ("PUT", f"{APP}/upload", "app", 200),
+            ("GET", "/v1.0/invoke/nowhere/method/x", "nowhere", 500),
+            ("GET", "/v1.0/healthz", "", 204),
+        ]
+        upstream = f"127.0.0.1:{echo_app.port}"
+        for fields in lines[:3]:
+            assert fields["upstream"] == upstream
+            assert float(fields["upstream_ms"]) > 0
+        # The body each client got, the sidecar's own error body included.
+        assert [f["bytes_out"] for f in lines] == [
+            len(r.body) for r in (ok, failed, chunked, unknown, health)
+        ]
+        assert all(f["bytes_out"] > 0 for f in lines[:4])
+        assert lines[4]["bytes_out"] == 0
+        assert [f["bytes_in"] for f in lines] == [0, 5, 7, 0, 0]
+        for fields in lines[3:]:
+            assert fields["upstream"] == ""
+            assert float(fields["upstream_ms"]) == 0
+        assert [f["retries"] for f in lines] == [0] * 5
+        # The trace id is the one the client got back (the health check carries none).
+        assert [f["trace_id"] for f in lines[:4]] == [
+            traceparent_trace(r) for r in (ok, failed, chunked, unknown)
+        ]
+        assert re.fullmatch(r"[0-9a-f]{32}", lines[4]["trace_id"])
+        for fields in lines:
+            check_timings(fields)
+
+
+@pytest.mark.parametrize("form", ["text", "json"])
+async def test_untraced_requests_log_an_empty_trace_id(
+    capfd: pytest.CaptureFixture[str],
+    make_sidecar: SidecarFactory,
+    echo_app: EchoApp,
+    tmp_path: Path,
+    form: str,
+) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT):
+        sidecar = await logging_sidecar(make_sidecar, tmp_path, form, app_port=echo_app.port)
+        response = await request(
+            sidecar.http_port,
+            "GET",
+            f"{APP}/x",
+            {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        )
+        assert response.status == 200, response
+        [fields] = access_lines(await stop_and_read(sidecar, capfd), form)
+        assert fields["trace_id"] == ""
+        assert fields["status"] == 200
+
+
+@pytest.mark.parametrize("form", ["text", "json"])
+async def test_retries_are_logged(
+    capfd: pytest.CaptureFixture[str],
+    make_sidecar: SidecarFactory,
+    echo_app: EchoApp,
+    tmp_path: Path,
+    form: str,
+) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT):
+        resiliency = {
+            "apiVersion": "dapr.io/v1alpha1",
+            "kind": "Resiliency",
+            "metadata": {"name": "retries"},
+            "spec": {
+                "policies": {
+                    "retries": {
+                        "twice": {"policy": "constant", "duration": "10ms", "maxRetries": 2}
+                    }
+                },
+                "targets": {"apps": {"app": {"retry": "twice"}}},
+            },
+        }
+        folder = tmp_path / "resources"
+        write_yaml(folder, "resiliency", resiliency)
+        sidecar = await logging_sidecar(
+            make_sidecar, tmp_path, form, app_port=echo_app.port, resources_paths=(str(folder),)
+        )
+        failing = await request(sidecar.http_port, "GET", f"{APP}/down?status=503")
+        assert failing.status == 503, failing
+        fine = await request(sidecar.http_port, "GET", f"{APP}/up")
+        assert fine.status == 200, fine
+        assert len(echo_app.seen) == 4
+        lines = access_lines(await stop_and_read(sidecar, capfd), form)
+        assert [(f["path"], f["status"], f["retries"]) for f in lines] == [
+            (f"{APP}/down", 503, 2),
+            (f"{APP}/up", 200, 0),
+        ]
+
+
+async def test_configuration_turns_api_logging_on(
+    capfd: pytest.CaptureFixture[str],
+    make_sidecar: SidecarFactory,
+    echo_app: EchoApp,
+    tmp_path: Path,
+) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT):
+        sidecar = await logging_sidecar(
+            make_sidecar,
+            tmp_path,
+            "json",
+            {"logging": {"apiLogging": {"enabled": True}}},
+            app_port=echo_app.port,
+            enable_api_logging=False,
+        )
+        response = await request(sidecar.http_port, "DELETE", f"{APP}/item/9")
+        assert response.status == 200, response
+        [fields] = access_lines(await stop_and_read(sidecar, capfd), "json")
+        assert (fields["method"], fields["path"], fields["status"]) == (
+            "DELETE",
+            f"{APP}/item/9",
+            200,
+        )
+
+
+@pytest.mark.parametrize(
+    ("settings", "spec"),
+    [
+        pytest.param({}, None, id="default"),
+        pytest.param({"enable_api_logging": False}, None, id="flag-false"),
+        pytest.param({}, {"logging": {"apiLogging": {"enabled": False}}}, id="configuration-false"),
+        pytest.param({"log_as_json": True}, {"tracing": {"samplingRate": "1"}}, id="json-traced"),
+    ],
+)
+async def test_no_lines_unless_api_logging_is_on(
+    capfd: pytest.CaptureFixture[str],
+    make_sidecar: SidecarFactory,
+    echo_app: EchoApp,
+    tmp_path: Path,
+    settings: dict[str, Any],
+    spec: dict[str, Any] | None,
+) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT):
+        if spec is not None:
+            settings = {**settings, "config_file": configuration(tmp_path / "config", spec)}
+        sidecar = await make_sidecar(app_port=echo_app.port, **settings)
+        for target in (f"{APP}/x", "/v1.0/invoke/nowhere/method/x", "/v1.0/healthz"):
+            response = await request(sidecar.http_port, "GET", target)
+            assert response.status in (200, 204, 500), response
+        assert await stop_and_read(sidecar, capfd) == ""
+
+
+# -- what a client can shape cannot break a line -----------------------------------------------
+
+SHAPED_PATHS = [
+    f"{APP}/a%0Aevil",
+    f"{APP}/a%0D%0Atime=2000-01-01T00:00:00.000Z%20method=GET",
+    f'{APP}/q"uote=x\\y',
+    f"{APP}/sp%20ace%09tab",
+]
+
+
+@pytest.mark.parametrize("form", ["text", "json"])
+async def test_client_shaped_values_cannot_add_or_forge_a_line(
+    capfd: pytest.CaptureFixture[str],
+    make_sidecar: SidecarFactory,
+    echo_app: EchoApp,
+    tmp_path: Path,
+    form: str,
+) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT):
+        sidecar = await logging_sidecar(make_sidecar, tmp_path, form, app_port=echo_app.port)
+        statuses = []
+        for path in SHAPED_PATHS:
+            raw = await raw_exchange(
+                sidecar.http_port,
+                f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode("latin-1"),
+            )
+            [response] = parse_responses(raw)
+            statuses.append(response.status)
+        # An app id from a header, shaped like more fields.
+        shaped_id = 'evil status=200 retries=9 "x"'
+        by_header = await request(sidecar.http_port, "GET", "/shaped", {"dapr-app-id": shaped_id})
+        statuses.append(by_header.status)
+        output = await stop_and_read(sidecar, capfd)
+        assert output.count("\n") == len(statuses), output
+        lines = access_lines(output, form)
+        assert [f["path"] for f in lines] == [*SHAPED_PATHS, "/shaped"]
+        assert [f["status"] for f in lines] == statuses
+        assert [f["retries"] for f in lines] == [0] * len(statuses)
+        assert lines[-1]["app_id"] in ("", shaped_id)
+        assert by_header.status >= 400
+
+
+# -- sizes of the sidecar's own answers --------------------------------------------------------
+
+
+async def test_bytes_out_counts_the_sidecars_own_error_body(
+    capfd: pytest.CaptureFixture[str],
+    make_sidecar: SidecarFactory,
+    echo_app: EchoApp,
+    tmp_path: Path,
+) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT):
+        sidecar = await logging_sidecar(make_sidecar, tmp_path, "json", app_port=echo_app.port)
+        unknown = await request(sidecar.http_port, "GET", "/v1.0/invoke/nowhere/method/x")
+        assert unknown.status == 500, unknown
+        assert len(unknown.body) > 0
+        [fields] = access_lines(await stop_and_read(sidecar, capfd), "json")
+        assert fields["bytes_out"] == len(unknown.body)
+
+
+async def test_bytes_out_counts_every_body_the_sidecar_writes_itself(
+    capfd: pytest.CaptureFixture[str],
+    make_sidecar: SidecarFactory,
+    echo_app: EchoApp,
+    tmp_path: Path,
+) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT):
+        sidecar = await logging_sidecar(make_sidecar, tmp_path, "json", app_port=echo_app.port)
+        port = sidecar.http_port
+        # Refused while reading the head, refused when the app cannot be found, and the
+        # metadata routes, with and without a body.
+        no_method = await request(port, "GET", "/v1.0/invoke/app")
+        unknown = await request(port, "POST", "/v1.0/invoke/nowhere/method/x", body=b"abc")
+        metadata = await request(port, "GET", "/v1.0/metadata")
+        stored = await request(port, "PUT", "/v1.0/metadata/colour", body=b"blue")
+        responses = (no_method, unknown, metadata, stored)
+        assert [r.status for r in responses] == [404, 500, 200, 204]
+        for response in (no_method, unknown, metadata):
+            assert response.body, response
+        assert stored.body == b""
+        lines = access_lines(await stop_and_read(sidecar, capfd), "json")
+
+        assert [(f["method"], f["path"], f["status"]) for f in lines] == [
+            ("GET", "/v1.0/invoke/app", 404),
+            ("POST", "/v1.0/invoke/nowhere/method/x", 500),
+            ("GET", "/v1.0/metadata", 200),
+            ("PUT", "/v1.0/metadata/colour", 204),
+        ]
+        assert [f["bytes_out"] for f in lines] == [len(r.body) for r in responses]
+        assert [f["bytes_in"] for f in lines] == [0, 3, 0, 4]
+
+
+# -- as a process ------------------------------------------------------------------------------
+
+
+@dataclass
+class Process:
+    popen: subprocess.Popen[bytes]
+    stdout_path: Path
+    stderr_path: Path
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+
+@contextlib.asynccontextmanager
+async def fastproxy_process(folder: Path, http_port: int, *args: str) -> AsyncIterator[Process]:
+    """`python -m fastproxy run ...` ready on `http_port`; stopped (SIGTERM, then kill) after."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out_path, err_path = folder / "stdout.txt", folder / "stderr.txt"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "fastproxy", "run", "--dapr-http-port", str(http_port), *args],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+        )
+    process = Process(popen, out_path, err_path)
+    try:
+        deadline = time.monotonic() + 15.0
+        while True:
+            assert popen.poll() is None, f"fastproxy exited: {process.stderr}"
+            try:
+                if (await request(http_port, "GET", "/v1.0/healthz", timeout=1.0)).status:
+                    break
+            except (OSError, AssertionError):
+                pass
+            assert time.monotonic() < deadline, f"fastproxy not ready: {process.stderr}"
+            await asyncio.sleep(0.05)
+        yield process
+    finally:
+        if popen.poll() is None:
+            popen.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.to_thread(popen.wait), 10.0)
+            except TimeoutError:
+                popen.kill()
+                popen.wait(timeout=5)
+
+
+async def test_process_writes_json_lines_to_stdout(echo_app: EchoApp, tmp_path: Path) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT):
+        port = free_port()
+        async with fastproxy_process(
+            tmp_path / "proc",
+            port,
+            "--app-id",
+            "app",
+            "--app-port",
+            str(echo_app.port),
+            "--dapr-listen-addresses",
+            "127.0.0.1",
+            "--dapr-internal-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--enable-api-logging",
+            "--log-as-json",
+        ) as process:
+            ok = await request(port, "POST", f"{APP}/orders", body=b"12345678")
+            assert ok.status == 200, ok
+            missing = await request(port, "GET", "/v1.0/invoke/nowhere/method/x")
+            assert missing.status == 500, missing
+        assert process.popen.returncode == 0, process.stderr
+        lines = access_lines(process.stdout, "json")
+        # The readiness probes come first.
+        probes = [f for f in lines if f["path"] == "/v1.0/healthz"]
+        calls = [f for f in lines if f["path"] != "/v1.0/healthz"]
+        assert probes and all(f["status"] == 204 for f in probes)
+        assert [
+            (f["method"], f["path"], f["app_id"], f["status"], f["bytes_in"]) for f in calls
+        ] == [
+            ("POST", f"{APP}/orders", "app", 200, 8),
+            ("GET", "/v1.0/invoke/nowhere/method/x", "nowhere", 500, 0),
+        ]
+        assert calls[0]["upstream"] == f"127.0.0.1:{echo_app.port}"
+        assert calls[0]["bytes_out"] == len(ok.body)
+        assert calls[1]["bytes_out"] == len(missing.body) > 0
