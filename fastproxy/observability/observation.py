@@ -10,9 +10,12 @@ once the response is over.
 from __future__ import annotations
 
 import time
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from fastproxy.wire import CRLF
+
+if TYPE_CHECKING:
+    from fastproxy.upstream.pool import Pool
 
 _SERVER_TIMING: Final = b"Server-Timing: sidecar;dur=%.3f, app;dur=%.3f\r\n"
 
@@ -65,7 +68,8 @@ class Observation:
         self.remote = False
         self.caller = ""
         self.client = ""  # the client's address, only when the access log is on
-        self.upstream = ""
+        # The pool whose connection answered; its address is read only when needed.
+        self.upstream: Pool | None = None
         # Tracing (see Observer.begin): empty when tracing is off.
         self.trace_id = b""
         self.span_id = b""
@@ -96,7 +100,7 @@ class Observation:
         if self.sent_at == 0.0:
             self.sent_at = time.perf_counter()
 
-    def response_head(self, status: int, upstream: str, app_traceparent: bool) -> bytes:
+    def response_head(self, status: int, upstream: Pool, app_traceparent: bool) -> bytes:
         """The upstream's response head arrived: the lines the client's copy gains."""
         now = time.perf_counter()
         self.head_at = now

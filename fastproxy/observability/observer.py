@@ -147,7 +147,7 @@ class Observer:
                     status=obs.status,
                     bytes_in=obs.bytes_in,
                     bytes_out=obs.bytes_out,
-                    upstream=obs.upstream,
+                    upstream="" if obs.upstream is None else obs.upstream.address,
                     total_ms=total_s * 1000.0,
                     upstream_ms=upstream_s * 1000.0,
                     retries=obs.retries,
@@ -188,21 +188,22 @@ class Observer:
 
     def _export(self, obs: Observation, total_s: float) -> None:
         end_ns = time.time_ns()
+        pool = obs.upstream
         span = invoke_span(
             trace_id=obs.trace_id,
             span_id=obs.span_id,
             parent_id=obs.parent_id,
             kind="SERVER" if obs.delivered else "CLIENT",
             target_app_id=obs.target or self.app_id,
-            method=_method_path(obs.path),
+            method=obs.app_path or obs.path,
             verb=obs.method,
             path=obs.path,
             url=obs.path,
             status=obs.status,
             start_ns=end_ns - int(total_s * 1e9),
             end_ns=end_ns,
-            server_address=_host(obs.upstream),
-            server_port=_port(obs.upstream),
+            server_address="" if pool is None else pool.endpoint.host,
+            server_port=0 if pool is None else pool.endpoint.port,
             headers=(),
         )
         for exporter in self._exporters:
@@ -219,23 +220,3 @@ class Observer:
             await exporter.close()
         if self._access_log is not None:
             self._access_log.close(2.0)
-
-
-def _method_path(path: bytes) -> bytes:
-    """The app's method of an invoke path (`/v1.0/invoke/a/method/x` → `x`)."""
-    marker = path.find(b"/method/")
-    return path[marker + 8 :] if marker >= 0 else path.lstrip(b"/")
-
-
-def _host(address: str) -> str:
-    """The host of a `host:port` upstream address; "" when unknown."""
-    if not address:
-        return ""
-    host, _, _ = address.rpartition(":")
-    return host.strip("[]")
-
-
-def _port(address: str) -> int:
-    """The port of a `host:port` upstream address; 0 when unknown."""
-    _, _, port = address.rpartition(":")
-    return int(port) if port.isdigit() else 0

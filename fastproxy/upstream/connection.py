@@ -370,7 +370,7 @@ class UpstreamConnection(asyncio.Protocol):
         obs = exchange.obs
         self._obs = obs
         if obs is not None:
-            parts.append(obs.response_head(status, self.pool.address, self._app_traceparent))
+            parts.append(obs.response_head(status, self.pool, self._app_traceparent))
         parts.append(CRLF)
         # The body is appended to the same list: one join per upstream read.
         self._out = parts
