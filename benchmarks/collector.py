@@ -18,23 +18,27 @@ bytes, spans in them, POSTs whose body was not a JSON list, connections accepted
 harness can compare the spans received with the requests a run completed. Any other
 request gets 404 and is not counted.
 
-One process, asyncio.Protocol on uvloop with httptools, in the style of flaky_app.py:
-keep-alive, pipelining-safe (answers are written in request order; all answers to one read
-go out in one write), HTTP/1.0 and ``Connection: close`` honoured (fastproxy's exporter
-sends every batch on a connection of its own with ``Connection: close``), reading paused
-while the socket's send buffer is full.
+The HTTP side is httpapp.py's, as for flaky_app.py: one process on uvloop with httptools,
+keep-alive, pipelining-safe, HTTP/1.0 and ``Connection: close`` honoured (fastproxy's
+exporter sends every batch on a connection of its own with ``Connection: close``), reading
+paused while the socket's send buffer is full.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
+import sys
 from collections.abc import Sequence
-from typing import cast
+from pathlib import Path
 
-import httptools
 import uvloop
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import httpapp
+from benchmarks.httpapp import HttpConnection
 
 STATS_PATH = b"/_stats"
 # A Zipkin v2 span as exporters write it starts with its trace id.
@@ -134,87 +138,30 @@ class Collector:
         }
 
 
-class Connection(asyncio.Protocol):
-    """One client connection: parse requests, answer each when its message is complete."""
+class Connection(HttpConnection[Collector]):
+    """One client connection, which also gathers each request's body."""
 
     def __init__(self, collector: Collector) -> None:
-        self.collector = collector
-        self.parser = httptools.HttpRequestParser(self)
-        self.url = b""
+        super().__init__(collector)
         self.body: list[bytes] = []
-        self.out: list[bytes] = []
-        self.closing = False
-        self.transport: asyncio.Transport | None = None
-
-    # asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.collector.connections += 1
-
-    def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            # Also raised for bytes after a request that closes the connection: ignored.
-            if not self.closing:
-                self.out.append(
-                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                )
-                self.closing = True
-        transport = self.transport
-        if transport is None:
-            return
-        if self.out:
-            transport.write(self.out[0] if len(self.out) == 1 else b"".join(self.out))
-            self.out.clear()
-        if self.closing:
-            transport.close()
-
-    def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.transport is not None and not self.closing:
-            self.transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-
-    # httptools callbacks
 
     def on_message_begin(self) -> None:
         self.url = b""
         self.body.clear()
 
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
 
-    def on_message_complete(self) -> None:
-        if self.closing:
-            return
-        close = not self.parser.should_keep_alive()
-        path = self.url.split(b"?", 1)[0]
+    def answer(self, path: bytes, close: bool) -> bytes:
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.body.clear()
-        self.out.append(self.collector.answer(self.parser.get_method(), path, body, close))
-        if close:
-            self.closing = True
+        return self.app.answer(self.parser.get_method(), path, body, close)
 
 
 async def serve(port: int, host: str = "127.0.0.1") -> None:
     """Listen on ``host:port`` until cancelled."""
     collector = Collector()
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Connection(collector), host, port, backlog=4096)
-    async with server:
-        await server.serve_forever()
+    await httpapp.serve(lambda: Connection(collector), port, host)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

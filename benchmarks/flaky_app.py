@@ -21,25 +21,29 @@ as JSON, ``{"requests": .., "failed": .., "connections": .., "fail_every": N, "c
 "connection"|"process"}`` (requests received, 503s sent, connections accepted, and the two
 options), so the harness can read how many requests a client call cost.
 
-One process, asyncio.Protocol on uvloop with httptools: keep-alive, pipelining-safe (answers
-are written in request order; all answers to one read go out in one write), HTTP/1.0 and
-``Connection: close`` honoured, reading paused while the socket's send buffer is full.
+The HTTP side (keep-alive, pipelining, HTTP/1.0 and ``Connection: close``, flow control,
+one process on uvloop with httptools) is httpapp.py's.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
+import sys
 import time
 from collections.abc import Sequence
 from email.utils import formatdate
-from typing import cast
+from pathlib import Path
 
-import httptools
 import uvloop
 
-SMALL_BODY = b"hello, world\n"  # = nginx_conf.SMALL_BODY, kept import-free for a fast start
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import httpapp
+from benchmarks.httpapp import HttpConnection
+
+SMALL_BODY = b"hello, world\n"  # = nginx_conf.SMALL_BODY, not imported: a fast start
 FAIL_BODY = b"flaky_app: failing on purpose\n"
 STATS_PATH = b"/_stats"
 SMALL_PATH = b"/small"
@@ -160,72 +164,15 @@ class App:
         }
 
 
-class Connection(asyncio.Protocol):
-    """One client connection: parse requests, answer each when its message is complete."""
+class Connection(HttpConnection[App]):
+    """One client connection, its requests counted on a Counter of its own."""
 
     def __init__(self, app: App) -> None:
-        self.app = app
+        super().__init__(app)
         self.counter = Counter()
-        self.parser = httptools.HttpRequestParser(self)
-        self.url = b""
-        self.out: list[bytes] = []
-        self.closing = False
-        self.transport: asyncio.Transport | None = None
 
-    # asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.app.connections += 1
-
-    def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            # Also raised for bytes after a request that closes the connection: ignored.
-            if not self.closing:
-                self.out.append(
-                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                )
-                self.closing = True
-        transport = self.transport
-        if transport is None:
-            return
-        if self.out:
-            transport.write(self.out[0] if len(self.out) == 1 else b"".join(self.out))
-            self.out.clear()
-        if self.closing:
-            transport.close()
-
-    def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.transport is not None and not self.closing:
-            self.transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-
-    # httptools callbacks
-
-    def on_message_begin(self) -> None:
-        self.url = b""
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_message_complete(self) -> None:
-        if self.closing:
-            return
-        close = not self.parser.should_keep_alive()
-        path = self.url.split(b"?", 1)[0]
-        self.out.append(self.app.answer(path, close, self.counter))
-        if close:
-            self.closing = True
+    def answer(self, path: bytes, close: bool) -> bytes:
+        return self.app.answer(path, close, self.counter)
 
 
 async def serve(
@@ -233,10 +180,7 @@ async def serve(
 ) -> None:
     """Listen on ``host:port`` until cancelled."""
     app = App(fail_every, count)
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Connection(app), host, port, backlog=4096)
-    async with server:
-        await server.serve_forever()
+    await httpapp.serve(lambda: Connection(app), port, host)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

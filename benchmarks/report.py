@@ -29,7 +29,7 @@ RETRY_TARGETS: tuple[str, ...] = (
 # flaky_app's --count: each connection counts its own requests, or one counter for all.
 COUNT_CONNECTION = "connection"
 COUNT_PROCESS = "process"
-# The policy's maxRetries (run.RESILIENCY_YAML), for the expected figures in the verdict.
+# The policy's maxRetries (retry_case.RESILIENCY_YAML), for the expected figures in the verdict.
 RETRY_MAX_RETRIES = 3
 
 # The observability case: the load of small-c50 through fastproxy with all observability off

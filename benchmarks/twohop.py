@@ -42,6 +42,8 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks import nginx_conf  # noqa: E402
 from benchmarks.loadgen import LoadResult  # noqa: E402
+from benchmarks.machine import find_tool, git_info, machine_info  # noqa: E402
+from benchmarks.probe import READY_TIMEOUT_S, BenchError, http_get, wait_ready  # noqa: E402
 from benchmarks.procs import (  # noqa: E402
     ManagedProcess,
     free_port,
@@ -49,17 +51,7 @@ from benchmarks.procs import (  # noqa: E402
     set_parent_death_signal,
 )
 from benchmarks.procstat import CpuTicks, cpu_us_per_request, read_system_cpu  # noqa: E402
-from benchmarks.run import (  # noqa: E402
-    FASTPROXY_PORT_FLAGS,
-    READY_TIMEOUT_S,
-    Bench,
-    BenchError,
-    find_tool,
-    git_info,
-    http_get,
-    machine_info,
-    wait_ready,
-)
+from benchmarks.targets import FASTPROXY_PORT_FLAGS, Bench  # noqa: E402
 
 DIRECT = "direct"
 RELAY = "relay"
@@ -655,7 +647,7 @@ _MTLS_ENV: tuple[str, ...] = ("DAPR_TRUST_ANCHORS", "DAPR_CERT_CHAIN", "DAPR_CER
 
 
 class TwoHopBench:
-    """Owns the app, the relay and both sidecar pairs (through run.Bench's process registry)."""
+    """Owns the app, the relay and both sidecar pairs (through targets.Bench's process registry)."""
 
     def __init__(self, args: argparse.Namespace, nginx: str) -> None:
         self.args = args

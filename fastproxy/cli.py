@@ -531,7 +531,9 @@ def _apply_command_defaults(
         settings.setdefault("app_id", "demo")
         settings.setdefault("app_port", 0)
         settings.setdefault("internal_port", 0)
+        # The demo's metrics: any free port, on loopback only.
         settings.setdefault("metrics_port", 0)
+        settings.setdefault("metrics_listen_address", "127.0.0.1")
     elif "app_id" not in settings:
         parser.error("--app-id is required (or set APP_ID)")
 

@@ -219,9 +219,7 @@ class PathLabeler:
                     best = pattern
             if best is not None:
                 return best.text
-        if self.increased_cardinality:
-            return _merge_slashes(unquote(raw))
-        return ""
+        return normalize_path(raw) if self.increased_cardinality else ""
 
     def __repr__(self) -> str:
         return (

@@ -82,22 +82,6 @@ class CounterChild:
         self.value += amount
 
 
-class GaugeChild:
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0.0
-
-    def set(self, value: float) -> None:
-        self.value = value
-
-    def inc(self, amount: float = 1.0) -> None:
-        self.value += amount
-
-    def dec(self, amount: float = 1.0) -> None:
-        self.value -= amount
-
-
 class HistogramChild:
     """Counts per bucket, not cumulative: `observe` touches one slot; rendering sums them."""
 
@@ -222,60 +206,6 @@ class Counter(Metric):
         out.append(self.header())
         for values, value in self.samples():
             out.append(f"{self.name}{_label_text(self.labelnames, values)} {value}\n")
-
-
-class Gauge(Metric):
-    """A value that goes up and down; set from the code that owns it."""
-
-    __slots__ = ("_children", "_folds", "_overflow", "max_series")
-
-    def __init__(
-        self,
-        name: str,
-        help: str,
-        labelnames: Sequence[str] = (),
-        max_series: int = DEFAULT_MAX_SERIES,
-    ) -> None:
-        super().__init__(name, help, labelnames, "gauge")
-        self.max_series = max_series
-        self._children: dict[tuple[str, ...], GaugeChild] = {}
-        self._overflow: GaugeChild | None = None
-        # A gauge's value cannot say how often it was folded, so look-ups are counted.
-        self._folds = 0
-        if not self.labelnames:
-            self._children[()] = GaugeChild()
-
-    def labels(self, *values: str) -> GaugeChild:
-        child = self._children.get(values)
-        if child is None:
-            child = self._add(values)
-        return child
-
-    def _add(self, values: tuple[str, ...]) -> GaugeChild:
-        values = self._values(values)
-        if len(self._children) >= self.max_series or values == self._other():
-            if self._overflow is None:
-                self._overflow = GaugeChild()
-            self._folds += 1
-            return self._overflow
-        child = GaugeChild()
-        self._children[values] = child
-        return child
-
-    def folded(self) -> int:
-        return self._folds
-
-    def series_count(self) -> int:
-        return len(self._children) + (self._overflow is not None)
-
-    def render_into(self, out: list[str]) -> None:
-        out.append(self.header())
-        for values, child in self._children.items():
-            line = f"{self.name}{_label_text(self.labelnames, values)} {format_value(child.value)}"
-            out.append(line + "\n")
-        if self._overflow is not None:
-            labels = _label_text(self.labelnames, self._other())
-            out.append(f"{self.name}{labels} {format_value(self._overflow.value)}\n")
 
 
 class Histogram(Metric):

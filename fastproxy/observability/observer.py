@@ -19,6 +19,7 @@ from fastproxy.observability.observation import Observation
 from fastproxy.observability.spans import invoke_span
 from fastproxy.observability.tracecontext import (
     Sampler,
+    format_traceparent,
     new_ids,
     new_span_id,
     parse_traceparent,
@@ -28,9 +29,6 @@ from fastproxy.wire import COLON_SP, CRLF
 
 _TRACEPARENT: Final = b"traceparent"
 _TRACESTATE: Final = b"tracestate"
-_SAMPLED: Final = b"01"
-_NOT_SAMPLED: Final = b"00"
-_TRACEPARENT_VALUE: Final = b"00-%b-%b-%b"
 _TRACEPARENT_LINE: Final = b"traceparent: %b\r\n"
 _HEALTHZ: Final = b"/v1.0/healthz"
 
@@ -108,7 +106,7 @@ class Observer:
             obs.trace_id = trace_id
             obs.span_id = span_id
             obs.sampled = sampled
-            value = _TRACEPARENT_VALUE % (trace_id, span_id, _SAMPLED if sampled else _NOT_SAMPLED)
+            value = format_traceparent(trace_id, span_id, sampled)
             if not delivered:
                 # On the internal listener the calling sidecar answers its client with
                 # its own span; only the app's own traceparent goes back to it.

@@ -7,7 +7,6 @@ allocates only the id slices it returns. No I/O, no clock.
 
 from __future__ import annotations
 
-import math
 from binascii import hexlify
 from random import getrandbits
 from typing import Final
@@ -15,7 +14,6 @@ from typing import Final
 TRACEPARENT_LENGTH: Final = 55  # "00-" + 32 + "-" + 16 + "-" + 2
 TRACESTATE_MAX_LENGTH: Final = 512  # daprd forwards tracestate only up to this size
 TRACESTATE_MAX_MEMBERS: Final = 32
-DEFAULT_SAMPLING_RATE: Final = 1e-4  # daprd's rate when the configured one is empty or bad
 
 _OWS: Final = b" \t"
 _LOWER_HEX: Final = b"0123456789abcdef"
@@ -25,8 +23,6 @@ _VERSION_00: Final = b"00"
 _DASH: Final = 45  # ord("-")
 _ZERO_TRACE_ID: Final = b"0" * 32
 _ZERO_SPAN_ID: Final = b"0" * 16
-_SAMPLED_SUFFIX: Final = b"-01"
-_UNSAMPLED_SUFFIX: Final = b"-00"
 _RATIO_SCALE: Final = 1 << 63  # OpenTelemetry's TraceIDRatioBased bound scale
 
 # tracestate grammar (W3C Trace Context level 1, as OpenTelemetry checks it).
@@ -118,15 +114,6 @@ def _valid_value(item: bytes) -> bool:
     return 0 < len(item) <= _VALUE_MAX and not item.translate(None, _VALUE_CHARS)
 
 
-def new_trace_id() -> bytes:
-    """32 lowercase hex digits, never all zero (which the spec reserves as invalid).
-
-    Ids only need to be unique, not unpredictable, so the module's Mersenne
-    Twister is used: far cheaper than `os.urandom` per request.
-    """
-    return new_ids()[:32]
-
-
 def new_span_id() -> bytes:
     """16 lowercase hex digits, never all zero."""
     bits = getrandbits(64)
@@ -139,6 +126,8 @@ def new_ids() -> bytes:
     """A new trace id and span id in one: 48 hex digits, neither part all zero.
 
     One random draw and one hex conversion serve both ids of a new root span.
+    Ids only need to be unique, not unpredictable, so the module's Mersenne
+    Twister is used: far cheaper than `os.urandom` per request.
     """
     bits = getrandbits(192)
     while (bits >> 64) == 0 or (bits & 0xFFFFFFFFFFFFFFFF) == 0:
@@ -148,7 +137,7 @@ def new_ids() -> bytes:
 
 def format_traceparent(trace_id: bytes, span_id: bytes, sampled: bool) -> bytes:
     """A version-00 `traceparent` value: the only version this side emits."""
-    return b"00-" + trace_id + b"-" + span_id + (_SAMPLED_SUFFIX if sampled else _UNSAMPLED_SUFFIX)
+    return b"00-%b-%b-%b" % (trace_id, span_id, b"01" if sampled else b"00")
 
 
 class Sampler:
@@ -180,30 +169,3 @@ class Sampler:
 
     def __repr__(self) -> str:
         return f"Sampler(rate={self.rate!r})"
-
-
-def parse_sampling_rate(text: object) -> float:
-    """The sampling rate of `spec.tracing.samplingRate`, never raising.
-
-    daprd falls back to 1e-4 when the rate is empty or does not parse instead
-    of refusing the configuration, and so does this: anything empty,
-    unparsable or not finite gives 1e-4. A finite rate is clamped to [0, 1].
-    """
-    rate: float
-    if isinstance(text, bool):
-        return DEFAULT_SAMPLING_RATE
-    if isinstance(text, (int, float)):
-        rate = float(text)
-    elif isinstance(text, (str, bytes)):
-        stripped = text.strip()
-        if not stripped:
-            return DEFAULT_SAMPLING_RATE
-        try:
-            rate = float(stripped)
-        except ValueError:
-            return DEFAULT_SAMPLING_RATE
-    else:
-        return DEFAULT_SAMPLING_RATE
-    if not math.isfinite(rate):
-        return DEFAULT_SAMPLING_RATE
-    return min(max(rate, 0.0), 1.0)

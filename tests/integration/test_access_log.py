@@ -9,52 +9,34 @@ test reads every line it caused without waiting on a timer. One test runs
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from fastproxy import Sidecar
-from tests.integration.conftest import (
-    EchoApp,
-    Response,
-    SidecarFactory,
-    parse_responses,
-    raw_exchange,
-    request,
+from tests.integration.conftest import EchoApp, Response, SidecarFactory, request
+from tests.integration.observability_fixtures import (
+    APP,
+    app_process_args,
+    fastproxy_process,
+    fetch,
+    observed_sidecar,
+    raw_get,
+    write_retry_resources,
 )
 from tests.integration.ports import free_port
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
-REPO = Path(__file__).resolve().parents[2]
 TEST_TIMEOUT = 30.0
-APP = "/v1.0/invoke/app/method"
-FIELDS = [
-    "time",
-    "method",
-    "path",
-    "app_id",
-    "status",
-    "bytes_in",
-    "bytes_out",
-    "upstream",
-    "total_ms",
-    "upstream_ms",
-    "retries",
-    "trace_id",
-    "client",
-]
+# Every field of a line, in the order it is written: the exchange, then its timing and trace.
+FIELDS = ["time", "method", "path", "app_id", "status", "bytes_in", "bytes_out", "upstream"]
+FIELDS += ["total_ms", "upstream_ms", "retries", "trace_id", "client"]
+FORMS = pytest.mark.parametrize("form", ["text", "json"])
 INTEGERS = ("status", "bytes_in", "bytes_out", "retries")
 TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
@@ -125,59 +107,55 @@ def traceparent_trace(response: Response) -> str:
 # -- sidecars ----------------------------------------------------------------------------------
 
 
-def write_yaml(folder: Path, name: str, document: dict[str, Any]) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return str(path)
+@dataclass
+class Logged:
+    """Starts sidecars that log every request to stdout, and reads their lines back."""
+
+    make_sidecar: SidecarFactory
+    echo_app: EchoApp
+    tmp_path: Path
+    capfd: pytest.CaptureFixture[str]
+
+    async def start(
+        self, form: str, spec: dict[str, Any] | None = None, **settings: Any
+    ) -> Sidecar:
+        """A sidecar for the echo app writing lines of `form` (API logging on unless told)."""
+        settings.setdefault("enable_api_logging", True)
+        settings.setdefault("app_port", self.echo_app.port)
+        return await observed_sidecar(
+            self.make_sidecar, self.tmp_path, spec, log_as_json=form == "json", **settings
+        )
+
+    async def stop_and_read(self, sidecar: Sidecar) -> str:
+        """Stop the sidecar (its log thread writes what is queued, then ends); its stdout."""
+        await sidecar.stop(grace=1.0)
+        return self.capfd.readouterr().out
+
+    async def lines(self, sidecar: Sidecar, form: str) -> list[dict[str, Any]]:
+        """Stop the sidecar; every line it wrote, read as an access log line of `form`."""
+        return access_lines(await self.stop_and_read(sidecar), form)
 
 
-def configuration(folder: Path, spec: dict[str, Any]) -> str:
-    document = {
-        "apiVersion": "dapr.io/v1alpha1",
-        "kind": "Configuration",
-        "metadata": {"name": "observed"},
-        "spec": spec,
-    }
-    return write_yaml(folder, "observed", document)
-
-
-async def logging_sidecar(
+@pytest.fixture
+def logged(
     make_sidecar: SidecarFactory,
+    echo_app: EchoApp,
     tmp_path: Path,
-    form: str,
-    spec: dict[str, Any] | None = None,
-    **settings: Any,
-) -> Sidecar:
-    settings.setdefault("enable_api_logging", True)
-    settings.setdefault("metrics_listen_address", "127.0.0.1")
-    if spec is not None:
-        settings["config_file"] = configuration(tmp_path / "config", spec)
-    return await make_sidecar(log_as_json=form == "json", **settings)
-
-
-async def stop_and_read(sidecar: Sidecar, capfd: pytest.CaptureFixture[str]) -> str:
-    """Stop the sidecar (its log thread writes what is queued, then ends); its stdout."""
-    await sidecar.stop(grace=1.0)
-    return capfd.readouterr().out
+    capfd: pytest.CaptureFixture[str],
+) -> Logged:
+    return Logged(make_sidecar, echo_app, tmp_path, capfd)
 
 
 # -- the lines ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("form", ["text", "json"])
+@FORMS
 async def test_one_line_per_request_with_the_right_fields(
-    capfd: pytest.CaptureFixture[str],
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-    form: str,
+    logged: Logged, echo_app: EchoApp, form: str
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
         # Tracing at rate 0: every request has a trace id and nothing is exported.
-        sidecar = await logging_sidecar(
-            make_sidecar, tmp_path, form, {"tracing": {"samplingRate": "0"}}, app_port=echo_app.port
-        )
+        sidecar = await logged.start(form, {"tracing": {"samplingRate": "0"}})
         port = sidecar.http_port
         ok = await request(port, "GET", f"{APP}/orders?page=2")
         failed = await request(port, "POST", f"{APP}/pay?status=503", body=b"hello")
@@ -197,7 +175,7 @@ async def test_one_line_per_request_with_the_right_fields(
             500,
             204,
         ]
-        lines = access_lines(await stop_and_read(sidecar, capfd), form)
+        lines = await logged.lines(sidecar, form)
 
         assert [(f["method"], f["path"], f["app_id"], f["status"]) for f in lines] == [
             ("GET", f"{APP}/orders", "app", 200),
@@ -230,85 +208,38 @@ async def test_one_line_per_request_with_the_right_fields(
             check_timings(fields)
 
 
-@pytest.mark.parametrize("form", ["text", "json"])
-async def test_untraced_requests_log_an_empty_trace_id(
-    capfd: pytest.CaptureFixture[str],
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-    form: str,
-) -> None:
+@FORMS
+async def test_untraced_requests_log_an_empty_trace_id(logged: Logged, form: str) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await logging_sidecar(make_sidecar, tmp_path, form, app_port=echo_app.port)
-        response = await request(
-            sidecar.http_port,
-            "GET",
-            f"{APP}/x",
-            {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
-        )
-        assert response.status == 200, response
-        [fields] = access_lines(await stop_and_read(sidecar, capfd), form)
+        sidecar = await logged.start(form)
+        traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        await fetch(sidecar.http_port, "GET", f"{APP}/x", {"traceparent": traceparent})
+        [fields] = await logged.lines(sidecar, form)
         assert fields["trace_id"] == ""
         assert fields["status"] == 200
 
 
-@pytest.mark.parametrize("form", ["text", "json"])
-async def test_retries_are_logged(
-    capfd: pytest.CaptureFixture[str],
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-    form: str,
-) -> None:
+@FORMS
+async def test_retries_are_logged(logged: Logged, echo_app: EchoApp, form: str) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        resiliency = {
-            "apiVersion": "dapr.io/v1alpha1",
-            "kind": "Resiliency",
-            "metadata": {"name": "retries"},
-            "spec": {
-                "policies": {
-                    "retries": {
-                        "twice": {"policy": "constant", "duration": "10ms", "maxRetries": 2}
-                    }
-                },
-                "targets": {"apps": {"app": {"retry": "twice"}}},
-            },
-        }
-        folder = tmp_path / "resources"
-        write_yaml(folder, "resiliency", resiliency)
-        sidecar = await logging_sidecar(
-            make_sidecar, tmp_path, form, app_port=echo_app.port, resources_paths=(str(folder),)
-        )
-        failing = await request(sidecar.http_port, "GET", f"{APP}/down?status=503")
-        assert failing.status == 503, failing
-        fine = await request(sidecar.http_port, "GET", f"{APP}/up")
-        assert fine.status == 200, fine
+        folder = write_retry_resources(logged.tmp_path / "resources", 2)
+        sidecar = await logged.start(form, resources_paths=(folder,))
+        await fetch(sidecar.http_port, "GET", f"{APP}/down?status=503", status=503)
+        await fetch(sidecar.http_port, "GET", f"{APP}/up")
         assert len(echo_app.seen) == 4
-        lines = access_lines(await stop_and_read(sidecar, capfd), form)
+        lines = await logged.lines(sidecar, form)
         assert [(f["path"], f["status"], f["retries"]) for f in lines] == [
             (f"{APP}/down", 503, 2),
             (f"{APP}/up", 200, 0),
         ]
 
 
-async def test_configuration_turns_api_logging_on(
-    capfd: pytest.CaptureFixture[str],
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-) -> None:
+async def test_configuration_turns_api_logging_on(logged: Logged) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await logging_sidecar(
-            make_sidecar,
-            tmp_path,
-            "json",
-            {"logging": {"apiLogging": {"enabled": True}}},
-            app_port=echo_app.port,
-            enable_api_logging=False,
-        )
-        response = await request(sidecar.http_port, "DELETE", f"{APP}/item/9")
-        assert response.status == 200, response
-        [fields] = access_lines(await stop_and_read(sidecar, capfd), "json")
+        spec = {"logging": {"apiLogging": {"enabled": True}}}
+        sidecar = await logged.start("json", spec, enable_api_logging=False)
+        await fetch(sidecar.http_port, "DELETE", f"{APP}/item/9")
+        [fields] = await logged.lines(sidecar, "json")
         assert (fields["method"], fields["path"], fields["status"]) == (
             "DELETE",
             f"{APP}/item/9",
@@ -326,7 +257,7 @@ async def test_configuration_turns_api_logging_on(
     ],
 )
 async def test_no_lines_unless_api_logging_is_on(
-    capfd: pytest.CaptureFixture[str],
+    logged: Logged,
     make_sidecar: SidecarFactory,
     echo_app: EchoApp,
     tmp_path: Path,
@@ -334,13 +265,14 @@ async def test_no_lines_unless_api_logging_is_on(
     spec: dict[str, Any] | None,
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        if spec is not None:
-            settings = {**settings, "config_file": configuration(tmp_path / "config", spec)}
-        sidecar = await make_sidecar(app_port=echo_app.port, **settings)
+        # Straight from the factory: none of the logging defaults of `logged.start`.
+        sidecar = await observed_sidecar(
+            make_sidecar, tmp_path, spec, app_port=echo_app.port, **settings
+        )
         for target in (f"{APP}/x", "/v1.0/invoke/nowhere/method/x", "/v1.0/healthz"):
             response = await request(sidecar.http_port, "GET", target)
             assert response.status in (200, 204, 500), response
-        assert await stop_and_read(sidecar, capfd) == ""
+        assert await logged.stop_and_read(sidecar) == ""
 
 
 # -- what a client can shape cannot break a line -----------------------------------------------
@@ -353,29 +285,18 @@ SHAPED_PATHS = [
 ]
 
 
-@pytest.mark.parametrize("form", ["text", "json"])
-async def test_client_shaped_values_cannot_add_or_forge_a_line(
-    capfd: pytest.CaptureFixture[str],
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-    form: str,
-) -> None:
+@FORMS
+async def test_client_shaped_values_cannot_add_or_forge_a_line(logged: Logged, form: str) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await logging_sidecar(make_sidecar, tmp_path, form, app_port=echo_app.port)
+        sidecar = await logged.start(form)
         statuses = []
         for path in SHAPED_PATHS:
-            raw = await raw_exchange(
-                sidecar.http_port,
-                f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode("latin-1"),
-            )
-            [response] = parse_responses(raw)
-            statuses.append(response.status)
+            statuses.append((await raw_get(sidecar.http_port, path)).status)
         # An app id from a header, shaped like more fields.
         shaped_id = 'evil status=200 retries=9 "x"'
         by_header = await request(sidecar.http_port, "GET", "/shaped", {"dapr-app-id": shaped_id})
         statuses.append(by_header.status)
-        output = await stop_and_read(sidecar, capfd)
+        output = await logged.stop_and_read(sidecar)
         assert output.count("\n") == len(statuses), output
         lines = access_lines(output, form)
         assert [f["path"] for f in lines] == [*SHAPED_PATHS, "/shaped"]
@@ -388,29 +309,19 @@ async def test_client_shaped_values_cannot_add_or_forge_a_line(
 # -- sizes of the sidecar's own answers --------------------------------------------------------
 
 
-async def test_bytes_out_counts_the_sidecars_own_error_body(
-    capfd: pytest.CaptureFixture[str],
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-) -> None:
+async def test_bytes_out_counts_the_sidecars_own_error_body(logged: Logged) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await logging_sidecar(make_sidecar, tmp_path, "json", app_port=echo_app.port)
-        unknown = await request(sidecar.http_port, "GET", "/v1.0/invoke/nowhere/method/x")
-        assert unknown.status == 500, unknown
+        sidecar = await logged.start("json")
+        target = "/v1.0/invoke/nowhere/method/x"
+        unknown = await fetch(sidecar.http_port, "GET", target, status=500)
         assert len(unknown.body) > 0
-        [fields] = access_lines(await stop_and_read(sidecar, capfd), "json")
+        [fields] = await logged.lines(sidecar, "json")
         assert fields["bytes_out"] == len(unknown.body)
 
 
-async def test_bytes_out_counts_every_body_the_sidecar_writes_itself(
-    capfd: pytest.CaptureFixture[str],
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-) -> None:
+async def test_bytes_out_counts_every_body_the_sidecar_writes_itself(logged: Logged) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await logging_sidecar(make_sidecar, tmp_path, "json", app_port=echo_app.port)
+        sidecar = await logged.start("json")
         port = sidecar.http_port
         # Refused while reading the head, refused when the app cannot be found, and the
         # metadata routes, with and without a body.
@@ -423,7 +334,7 @@ async def test_bytes_out_counts_every_body_the_sidecar_writes_itself(
         for response in (no_method, unknown, metadata):
             assert response.body, response
         assert stored.body == b""
-        lines = access_lines(await stop_and_read(sidecar, capfd), "json")
+        lines = await logged.lines(sidecar, "json")
 
         assert [(f["method"], f["path"], f["status"]) for f in lines] == [
             ("GET", "/v1.0/invoke/app", 404),
@@ -438,80 +349,15 @@ async def test_bytes_out_counts_every_body_the_sidecar_writes_itself(
 # -- as a process ------------------------------------------------------------------------------
 
 
-@dataclass
-class Process:
-    popen: subprocess.Popen[bytes]
-    stdout_path: Path
-    stderr_path: Path
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    @property
-    def stdout(self) -> str:
-        return self.stdout_path.read_text(errors="replace")
-
-
-@contextlib.asynccontextmanager
-async def fastproxy_process(folder: Path, http_port: int, *args: str) -> AsyncIterator[Process]:
-    """`python -m fastproxy run ...` ready on `http_port`; stopped (SIGTERM, then kill) after."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out_path, err_path = folder / "stdout.txt", folder / "stderr.txt"
-    with out_path.open("wb") as out, err_path.open("wb") as err:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "fastproxy", "run", "--dapr-http-port", str(http_port), *args],
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-        )
-    process = Process(popen, out_path, err_path)
-    try:
-        deadline = time.monotonic() + 15.0
-        while True:
-            assert popen.poll() is None, f"fastproxy exited: {process.stderr}"
-            try:
-                if (await request(http_port, "GET", "/v1.0/healthz", timeout=1.0)).status:
-                    break
-            except (OSError, AssertionError):
-                pass
-            assert time.monotonic() < deadline, f"fastproxy not ready: {process.stderr}"
-            await asyncio.sleep(0.05)
-        yield process
-    finally:
-        if popen.poll() is None:
-            popen.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(asyncio.to_thread(popen.wait), 10.0)
-            except TimeoutError:
-                popen.kill()
-                popen.wait(timeout=5)
-
-
 async def test_process_writes_json_lines_to_stdout(echo_app: EchoApp, tmp_path: Path) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
         port = free_port()
+        args = app_process_args(echo_app.port)
         async with fastproxy_process(
-            tmp_path / "proc",
-            port,
-            "--app-id",
-            "app",
-            "--app-port",
-            str(echo_app.port),
-            "--dapr-listen-addresses",
-            "127.0.0.1",
-            "--dapr-internal-port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--enable-api-logging",
-            "--log-as-json",
+            tmp_path / "proc", port, *args, "--enable-api-logging", "--log-as-json"
         ) as process:
-            ok = await request(port, "POST", f"{APP}/orders", body=b"12345678")
-            assert ok.status == 200, ok
-            missing = await request(port, "GET", "/v1.0/invoke/nowhere/method/x")
-            assert missing.status == 500, missing
+            ok = await fetch(port, "POST", f"{APP}/orders", body=b"12345678")
+            missing = await fetch(port, "GET", "/v1.0/invoke/nowhere/method/x", status=500)
         assert process.popen.returncode == 0, process.stderr
         lines = access_lines(process.stdout, "json")
         # The readiness probes come first.

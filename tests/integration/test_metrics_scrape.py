@@ -1,23 +1,20 @@
 """Metrics scraped over HTTP from running sidecars after a known mix of requests.
 
 Each test drives real requests through real sidecars, scrapes the Prometheus
-endpoint like Prometheus would and reads the exposition with the small parser
-below, so counts and label sets are checked exactly as a dashboard sees them.
+endpoint like Prometheus would and reads the exposition with the strict parser
+in observability_fixtures, so counts and label sets are checked exactly as a
+dashboard sees them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import re
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from fastproxy import Sidecar
 from fastproxy.observability.metrics import DEFAULT_MAX_SERIES
@@ -28,145 +25,26 @@ from tests.integration.conftest import (
     raw_exchange,
     request,
 )
+from tests.integration.observability_fixtures import (
+    APP,
+    HOST,
+    L,
+    app_process_args,
+    caller_and_callee,
+    check_histogram,
+    fastproxy_process,
+    fetch,
+    observed_sidecar,
+    read_exposition,
+    request_count,
+    scrape,
+    write_retry_resources,
+)
 from tests.integration.ports import free_port
-from tests.integration.test_access_log import fastproxy_process
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
 
-HOST = "127.0.0.1"
 TEST_TIMEOUT = 60.0
-APP = "/v1.0/invoke/app/method"
-
-Labels = frozenset[tuple[str, str]]
-
-
-def L(**labels: str) -> Labels:  # noqa: N802 - reads like a label set
-    return frozenset(labels.items())
-
-
-# -- a small exposition-format parser ---------------------------------------------------------
-
-_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-_SAMPLE = re.compile(rf"({_NAME})(?:\{{(.*)\}})? (\S+)")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(,|$)')
-_UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
-
-
-@dataclass
-class Exposition:
-    """One scrape: metric families with their type, and every sample by name and labels."""
-
-    types: dict[str, str] = field(default_factory=dict)
-    samples: dict[str, dict[Labels, float]] = field(default_factory=lambda: defaultdict(dict))
-
-    def family(self, name: str) -> dict[Labels, float]:
-        return dict(self.samples.get(name, {}))
-
-    def value(self, name: str, **labels: str) -> float:
-        series = self.samples.get(name, {})
-        assert L(**labels) in series, f"{name}{labels} not in {sorted(series, key=str)}"
-        return series[L(**labels)]
-
-    def histogram(
-        self, name: str, labels: Labels
-    ) -> tuple[list[tuple[float, float]], float, float]:
-        """(le, cumulative count) pairs in order, then _sum and _count."""
-        buckets = []
-        for series, value in self.samples.get(f"{name}_bucket", {}).items():
-            as_dict = dict(series)
-            le = as_dict.pop("le")
-            if L(**as_dict) == labels:
-                buckets.append((math.inf if le == "+Inf" else float(le), value))
-        buckets.sort()
-        return buckets, self.samples[f"{name}_sum"][labels], self.samples[f"{name}_count"][labels]
-
-
-def _labels(text: str) -> Labels:
-    pairs: list[tuple[str, str]] = []
-    position = 0
-    while position < len(text):
-        match = _LABEL.match(text, position)
-        assert match is not None, f"malformed labels at {text[position:]!r}"
-        value = re.sub(r"\\[\\\"n]", lambda m: _UNESCAPE[m.group(0)], match.group(2))
-        pairs.append((match.group(1), value))
-        position = match.end()
-    names = [name for name, _ in pairs]
-    assert len(names) == len(set(names)), f"repeated label name in {text!r}"
-    return frozenset(pairs)
-
-
-def parse_exposition(text: str) -> Exposition:
-    """Prometheus text format 0.0.4, strictly: every sample must belong to a declared family."""
-    parsed = Exposition()
-    assert text.endswith("\n"), "the exposition must end with a newline"
-    for line in text.splitlines():
-        if line.startswith("# HELP "):
-            continue
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split(" ")
-            assert name not in parsed.types, f"{name} declared twice"
-            assert kind in {"counter", "gauge", "histogram", "summary", "untyped"}, line
-            parsed.types[name] = kind
-            continue
-        assert line and not line.startswith("#"), f"unexpected line {line!r}"
-        match = _SAMPLE.fullmatch(line)
-        assert match is not None, f"malformed sample {line!r}"
-        name, label_text, raw = match.groups()
-        family = name
-        if name not in parsed.types:
-            family = re.sub(r"_(bucket|sum|count)$", "", name)
-            assert parsed.types.get(family) == "histogram", f"{name} has no TYPE line"
-        labels = _labels(label_text or "")
-        value = float(raw)
-        assert labels not in parsed.samples[name], f"duplicate series {line!r}"
-        parsed.samples[name][labels] = value
-    return parsed
-
-
-async def scrape(sidecar: Sidecar, path: str = "/metrics") -> Exposition:
-    assert sidecar.metrics_port is not None
-    response = await request(sidecar.metrics_port, "GET", path)
-    assert response.status == 200, response
-    content_type = response.header("Content-Type") or ""
-    assert content_type.startswith("text/plain; version=0.0.4"), content_type
-    return parse_exposition(response.body.decode())
-
-
-def check_histogram(exposition: Exposition, name: str, labels: Labels, count: int) -> None:
-    """Buckets cumulative and ending at +Inf, +Inf equal to _count, _count equal to `count`."""
-    buckets, total, observed = exposition.histogram(name, labels)
-    assert buckets, f"{name} {set(labels)} has no buckets"
-    assert buckets[-1][0] == math.inf
-    counts = [value for _, value in buckets]
-    assert counts == sorted(counts), f"{name} buckets are not cumulative: {buckets}"
-    assert buckets[-1][1] == observed == count, (name, set(labels), buckets, observed, count)
-    assert total >= 0
-
-
-def write_configuration(folder: Path, name: str, spec: dict[str, Any]) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.yaml"
-    document = {
-        "apiVersion": "dapr.io/v1alpha1",
-        "kind": "Configuration",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-    path.write_text(yaml.safe_dump(document))
-    return str(path)
-
-
-async def sidecar_with(
-    make_sidecar: SidecarFactory,
-    tmp_path: Path,
-    spec: dict[str, Any] | None = None,
-    **settings: Any,
-) -> Sidecar:
-    settings.setdefault("metrics_listen_address", HOST)
-    if spec is not None:
-        name = f"config-{settings.get('app_id', 'app')}"
-        settings["config_file"] = write_configuration(tmp_path, name, spec)
-    return await make_sidecar(**settings)
 
 
 async def pipelined(port: int, requests: list[bytes], batch: int = 250) -> list[int]:
@@ -193,23 +71,19 @@ async def test_a_known_mix_is_counted_exactly_with_daprs_labels(
     make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await sidecar_with(make_sidecar, tmp_path, app_port=echo_app.port)
+        sidecar = await observed_sidecar(make_sidecar, tmp_path, app_port=echo_app.port)
         responses = []
+        port = sidecar.http_port
         for index in range(3):
-            response = await request(sidecar.http_port, "GET", f"{APP}/orders?page={index}")
-            assert response.status == 200, response
-            responses.append(response)
+            responses.append(await fetch(port, "GET", f"{APP}/orders?page={index}"))
         for _ in range(2):
-            response = await request(
-                sidecar.http_port, "POST", f"{APP}/pay?status=503", body=b"x" * 100
+            body = b"x" * 100
+            responses.append(
+                await fetch(port, "POST", f"{APP}/pay?status=503", body=body, status=503)
             )
-            assert response.status == 503, response
-            responses.append(response)
-        unknown = await request(sidecar.http_port, "GET", "/v1.0/invoke/nowhere/method/x")
-        assert unknown.status == 500, unknown
+        unknown = await fetch(port, "GET", "/v1.0/invoke/nowhere/method/x", status=500)
         assert unknown.body
-        health = await request(sidecar.http_port, "GET", "/v1.0/healthz")
-        assert health.status == 204, health
+        health = await fetch(port, "GET", "/v1.0/healthz", status=204)
         responses.extend((unknown, health))
 
         exposition = await scrape(sidecar)
@@ -260,9 +134,8 @@ async def test_latency_buckets_come_from_the_configuration(
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
         spec = {"metric": {"latencyDistributionBuckets": [50, 5, 5000]}}
-        sidecar = await sidecar_with(make_sidecar, tmp_path, spec, app_port=echo_app.port)
-        slow = await request(sidecar.http_port, "GET", f"{APP}/slow?delay=0.1")
-        assert slow.status == 200, slow
+        sidecar = await observed_sidecar(make_sidecar, tmp_path, spec, app_port=echo_app.port)
+        await fetch(sidecar.http_port, "GET", f"{APP}/slow?delay=0.1")
         exposition = await scrape(sidecar)
         for name, path in (
             ("dapr_http_server_latency", f"{APP}/slow"),
@@ -280,7 +153,7 @@ async def test_open_connections_and_pool_gauges_are_read_at_scrape_time(
     make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await sidecar_with(make_sidecar, tmp_path, app_port=echo_app.port)
+        sidecar = await observed_sidecar(make_sidecar, tmp_path, app_port=echo_app.port)
         before = await scrape(sidecar)
         assert before.value("fastproxy_open_connections") == 0
         clients = [await asyncio.open_connection(HOST, sidecar.http_port) for _ in range(3)]
@@ -308,7 +181,7 @@ async def test_a_flood_of_distinct_paths_keeps_series_bounded_and_totals_exact(
     make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await sidecar_with(make_sidecar, tmp_path, app_port=echo_app.port)
+        sidecar = await observed_sidecar(make_sidecar, tmp_path, app_port=echo_app.port)
         flood = 3000
         statuses = await pipelined(
             sidecar.http_port, [get(f"{APP}/flood/{index}") for index in range(flood)]
@@ -351,10 +224,9 @@ async def test_low_cardinality_paths_label_by_pattern_or_blank(
                 "http": {"increasedCardinality": False, "pathMatching": ["/orders/{orderID}"]}
             }
         }
-        sidecar = await sidecar_with(make_sidecar, tmp_path, spec, app_port=echo_app.port)
+        sidecar = await observed_sidecar(make_sidecar, tmp_path, spec, app_port=echo_app.port)
         for target in (f"{APP}/orders/1", f"{APP}/orders/2?x=1", f"{APP}/other", f"{APP}/a/b"):
-            response = await request(sidecar.http_port, "GET", target)
-            assert response.status == 200, response
+            await fetch(sidecar.http_port, "GET", target)
         exposition = await scrape(sidecar)
         unmatched = L(app_id="app", method="GET", path="", status="200")
         assert exposition.family("dapr_http_server_request_count") == {
@@ -378,10 +250,9 @@ async def test_excluded_verbs_blank_the_method_label(
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
         spec = {"metric": {"http": {"excludeVerbs": True}}}
-        sidecar = await sidecar_with(make_sidecar, tmp_path, spec, app_port=echo_app.port)
+        sidecar = await observed_sidecar(make_sidecar, tmp_path, spec, app_port=echo_app.port)
         for method in ("GET", "POST", "DELETE"):
-            response = await request(sidecar.http_port, method, f"{APP}/x")
-            assert response.status == 200, response
+            await fetch(sidecar.http_port, method, f"{APP}/x")
         exposition = await scrape(sidecar)
         assert exposition.family("dapr_http_server_request_count") == {
             L(app_id="app", method="", path=f"{APP}/x", status="200"): 3
@@ -410,12 +281,11 @@ async def test_metrics_off_means_no_listener(
     spec: dict[str, Any] | None,
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await sidecar_with(
+        sidecar = await observed_sidecar(
             make_sidecar, tmp_path, spec, app_port=echo_app.port, **settings
         )
         assert sidecar.metrics_port is None
-        response = await request(sidecar.http_port, "GET", f"{APP}/still-served")
-        assert response.status == 200, response
+        await fetch(sidecar.http_port, "GET", f"{APP}/still-served")
 
 
 @pytest.mark.parametrize("enabled", [True, False], ids=["enable-metrics", "enable-metrics=false"])
@@ -425,64 +295,28 @@ async def test_cli_flag_decides_whether_the_metrics_port_listens(
     async with asyncio.timeout(TEST_TIMEOUT):
         port, metrics_port = free_port(), free_port()
         flag = "--enable-metrics" if enabled else "--enable-metrics=false"
+        args = app_process_args(echo_app.port, metrics_port)
         async with fastproxy_process(
-            tmp_path / "proc",
-            port,
-            "--app-id",
-            "app",
-            "--app-port",
-            str(echo_app.port),
-            "--dapr-listen-addresses",
-            HOST,
-            "--dapr-internal-port",
-            "0",
-            "--metrics-port",
-            str(metrics_port),
-            "--metrics-listen-address",
-            HOST,
-            flag,
+            tmp_path / "proc", port, *args, "--metrics-listen-address", HOST, flag
         ):
-            response = await request(port, "GET", f"{APP}/cli")
-            assert response.status == 200, response
+            await fetch(port, "GET", f"{APP}/cli")
             if not enabled:
                 with pytest.raises(ConnectionRefusedError):
                     await request(metrics_port, "GET", "/metrics")
                 return
-            scraped = await request(metrics_port, "GET", "/metrics")
-            assert scraped.status == 200, scraped
-            exposition = parse_exposition(scraped.body.decode())
-            assert (
-                exposition.value(
-                    "dapr_http_server_request_count",
-                    app_id="app",
-                    method="GET",
-                    path=f"{APP}/cli",
-                    status="200",
-                )
-                == 1
-            )
+            exposition = read_exposition(await request(metrics_port, "GET", "/metrics"))
+            assert request_count(exposition, f"{APP}/cli") == 1
 
 
 async def test_metrics_on_by_default_serve_at_root_and_metrics(
     make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await sidecar_with(make_sidecar, tmp_path, app_port=echo_app.port)
+        sidecar = await observed_sidecar(make_sidecar, tmp_path, app_port=echo_app.port)
         assert sidecar.metrics_port is not None
-        response = await request(sidecar.http_port, "GET", f"{APP}/one")
-        assert response.status == 200, response
+        await fetch(sidecar.http_port, "GET", f"{APP}/one")
         for path in ("/", "/metrics"):
-            exposition = await scrape(sidecar, path)
-            assert (
-                exposition.value(
-                    "dapr_http_server_request_count",
-                    app_id="app",
-                    method="GET",
-                    path=f"{APP}/one",
-                    status="200",
-                )
-                == 1
-            )
+            assert request_count(await scrape(sidecar, path), f"{APP}/one") == 1
 
 
 # -- two sidecars ------------------------------------------------------------------------------
@@ -492,22 +326,14 @@ async def test_service_invocation_is_counted_on_both_sides(
     make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        b = await sidecar_with(make_sidecar, tmp_path, app_id="b", app_port=echo_app.port)
-        resolution = {
-            "component": "static",
-            "configuration": {"apps": {"b": [f"{HOST}:{b.internal_port}"]}},
-        }
-        a = await sidecar_with(make_sidecar, tmp_path, {"nameResolution": resolution}, app_id="a")
+        a, b = await caller_and_callee(make_sidecar, tmp_path, echo_app)
         for _ in range(3):
-            response = await request(a.http_port, "GET", "/v1.0/invoke/b/method/ok")
-            assert response.status == 200, response
+            await fetch(a.http_port, "GET", "/v1.0/invoke/b/method/ok")
         for _ in range(2):
-            response = await request(a.http_port, "POST", "/v1.0/invoke/b/method/no?status=503")
-            assert response.status == 503, response
+            await fetch(a.http_port, "POST", "/v1.0/invoke/b/method/no?status=503", status=503)
         # An app no instance can be found for is never sent anything.
         for _ in range(2):
-            response = await request(a.http_port, "GET", "/v1.0/invoke/zz/method/x")
-            assert response.status == 500, response
+            await fetch(a.http_port, "GET", "/v1.0/invoke/zz/method/x", status=500)
 
         caller = await scrape(a)
         assert caller.family("dapr_runtime_service_invocation_req_sent_total") == {
@@ -568,21 +394,10 @@ async def test_access_control_denials_are_counted_on_the_callee(
     async with asyncio.timeout(TEST_TIMEOUT):
         # Without mTLS no caller has an identity: a global deny refuses every delivered call,
         # and the caller counted is the one the calling sidecar named (dapr-caller-app-id).
-        b = await sidecar_with(
-            make_sidecar,
-            tmp_path,
-            {"accessControl": {"defaultAction": "deny", "trustDomain": "public"}},
-            app_id="b",
-            app_port=echo_app.port,
-        )
-        resolution = {
-            "component": "static",
-            "configuration": {"apps": {"b": [f"{HOST}:{b.internal_port}"]}},
-        }
-        a = await sidecar_with(make_sidecar, tmp_path, {"nameResolution": resolution}, app_id="a")
+        deny = {"accessControl": {"defaultAction": "deny", "trustDomain": "public"}}
+        a, b = await caller_and_callee(make_sidecar, tmp_path, echo_app, deny)
         for _ in range(3):
-            response = await request(a.http_port, "GET", "/v1.0/invoke/b/method/secret")
-            assert response.status == 403, response
+            await fetch(a.http_port, "GET", "/v1.0/invoke/b/method/secret", status=403)
         assert echo_app.seen == []
         callee = await scrape(b)
         assert callee.family("fastproxy_acl_denied_total") == {L(app_id="b", src_app_id="a"): 3}
@@ -605,78 +420,46 @@ async def test_access_control_denials_are_counted_on_the_callee(
 # -- resiliency --------------------------------------------------------------------------------
 
 
-def write_retry_resources(folder: Path, max_retries: int) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    document = {
-        "apiVersion": "dapr.io/v1alpha1",
-        "kind": "Resiliency",
-        "metadata": {"name": "retries"},
-        "spec": {
-            "policies": {
-                "retries": {
-                    "quick": {"policy": "constant", "duration": "10ms", "maxRetries": max_retries}
-                }
-            },
-            "targets": {"apps": {"app": {"retry": "quick"}}},
-        },
-    }
-    (folder / "resiliency.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
-    return str(folder)
+RETRIED = L(app_id="app", dst_app_id="app")
+
+
+async def retrying_sidecar(
+    make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path, max_retries: int
+) -> Sidecar:
+    """A sidecar whose calls to its app are retried `max_retries` times."""
+    folder = write_retry_resources(tmp_path / "resources", max_retries)
+    return await observed_sidecar(
+        make_sidecar, tmp_path, app_port=echo_app.port, resources_paths=(folder,)
+    )
 
 
 async def test_a_retried_request_is_counted_in_retries_total(
     make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        folder = write_retry_resources(tmp_path / "resources", 1)
-        sidecar = await sidecar_with(
-            make_sidecar, tmp_path, app_port=echo_app.port, resources_paths=(folder,)
-        )
-        ok = await request(sidecar.http_port, "GET", f"{APP}/fine")
-        assert ok.status == 200, ok
+        sidecar = await retrying_sidecar(make_sidecar, echo_app, tmp_path, 1)
+        await fetch(sidecar.http_port, "GET", f"{APP}/fine")
         assert (await scrape(sidecar)).family("fastproxy_retries_total") == {}
-        failing = await request(sidecar.http_port, "GET", f"{APP}/down?status=503")
-        assert failing.status == 503, failing
+        await fetch(sidecar.http_port, "GET", f"{APP}/down?status=503", status=503)
         assert echo_app.seen == [("GET", "/fine")] + [("GET", "/down?status=503")] * 2
         exposition = await scrape(sidecar)
-        assert exposition.family("fastproxy_retries_total") == {
-            L(app_id="app", dst_app_id="app"): 1
-        }
+        assert exposition.family("fastproxy_retries_total") == {RETRIED: 1}
         # The client's request is counted once, with the status it finally got.
-        assert (
-            exposition.value(
-                "dapr_http_server_request_count",
-                app_id="app",
-                method="GET",
-                path=f"{APP}/down",
-                status="503",
-            )
-            == 1
-        )
+        assert request_count(exposition, f"{APP}/down", "503") == 1
 
 
 async def test_retries_total_counts_every_retry_attempt(
     make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        folder = write_retry_resources(tmp_path / "resources", 3)
-        sidecar = await sidecar_with(
-            make_sidecar, tmp_path, app_port=echo_app.port, resources_paths=(folder,)
-        )
-        failing = await request(sidecar.http_port, "GET", f"{APP}/down?status=503")
-        assert failing.status == 503, failing
+        sidecar = await retrying_sidecar(make_sidecar, echo_app, tmp_path, 3)
+        await fetch(sidecar.http_port, "GET", f"{APP}/down?status=503", status=503)
         assert len(echo_app.seen) == 4
         exposition = await scrape(sidecar)
-        assert exposition.family("fastproxy_retries_total") == {
-            L(app_id="app", dst_app_id="app"): 3
-        }
+        assert exposition.family("fastproxy_retries_total") == {RETRIED: 3}
         # A request that needed no retry adds nothing; another retried three times adds 3.
-        ok = await request(sidecar.http_port, "GET", f"{APP}/fine")
-        assert ok.status == 200, ok
-        again = await request(sidecar.http_port, "GET", f"{APP}/down?status=503")
-        assert again.status == 503, again
+        await fetch(sidecar.http_port, "GET", f"{APP}/fine")
+        await fetch(sidecar.http_port, "GET", f"{APP}/down?status=503", status=503)
         assert len(echo_app.seen) == 9
         exposition = await scrape(sidecar)
-        assert exposition.family("fastproxy_retries_total") == {
-            L(app_id="app", dst_app_id="app"): 6
-        }
+        assert exposition.family("fastproxy_retries_total") == {RETRIED: 6}

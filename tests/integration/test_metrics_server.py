@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 import pytest
@@ -18,56 +19,13 @@ from fastproxy.observability.metrics_server import (
     start_metrics_server,
     stop_metrics_server,
 )
+from tests.integration.observability_fixtures import HOST, Exposition, L, parse_exposition
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-Labels = frozenset[tuple[str, str]]
+GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def parse_exposition(text: str) -> tuple[dict[str, str], dict[tuple[str, Labels], float]]:
-    """The TYPE of each metric family, and every sample keyed by name and label set."""
-    types: dict[str, str] = {}
-    samples: dict[tuple[str, Labels], float] = {}
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split(" ")
-            types[name] = kind
-            continue
-        if not line or line.startswith("#"):
-            continue
-        series, _, value = line.rpartition(" ")
-        name, brace, rest = series.partition("{")
-        labels: list[tuple[str, str]] = []
-        if brace:
-            assert rest.endswith("}"), line
-            body = rest[:-1]
-            while body:
-                key, _, body = body.partition('="')
-                chars: list[str] = []
-                index = 0
-                while body[index] != '"':
-                    if body[index] == "\\":
-                        index += 1
-                        chars.append({"n": "\n"}.get(body[index], body[index]))
-                    else:
-                        chars.append(body[index])
-                    index += 1
-                labels.append((key, "".join(chars)))
-                body = body[index + 1 :].removeprefix(",")
-        key = (name, frozenset(labels))
-        assert key not in samples, f"duplicate series: {line}"
-        samples[key] = float(value)
-    return types, samples
-
-
-def only(samples: dict[tuple[str, Labels], float], name: str) -> dict[Labels, float]:
-    return {labels: value for (metric, labels), value in samples.items() if metric == name}
-
-
-def L(**labels: str) -> Labels:  # noqa: N802 - reads like a label literal
-    return frozenset(labels.items())
 
 
 async def read_response(
@@ -85,7 +43,7 @@ async def read_response(
 
 
 async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection("127.0.0.1", port)
+    return await asyncio.open_connection(HOST, port)
 
 
 async def close(writer: asyncio.StreamWriter) -> None:
@@ -94,20 +52,46 @@ async def close(writer: asyncio.StreamWriter) -> None:
         await writer.wait_closed()
 
 
+async def answered_then_closed(port: int, data: bytes) -> int:
+    """Write `data` on a new connection: the status of the one answer, which closes it."""
+    reader, writer = await connect(port)
+    writer.write(data)
+    status, headers, _ = await read_response(reader)
+    assert headers["connection"] == "close"
+    assert await reader.read() == b""
+    await close(writer)
+    return status
+
+
 class Served:
-    def __init__(self, metrics: DaprMetrics, server: asyncio.Server) -> None:
+    def __init__(self, metrics: Any, server: asyncio.Server) -> None:
         self.metrics = metrics
         self.server = server
         self.port: int = server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{HOST}:{self.port}"
+
+    async def scrape(self, path: str = "/metrics") -> Exposition:
+        """One GET with a fresh client: 200, the exposition's content type, and its samples."""
+        async with aiohttp.ClientSession() as session, session.get(self.url + path) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"] == CONTENT_TYPE
+            return parse_exposition(await response.text())
+
+
+@contextlib.asynccontextmanager
+async def serving(metrics: Any, **settings: Any) -> AsyncIterator[Served]:
+    """A metrics server for `metrics` on a loopback port, stopped at the end."""
+    server = await start_metrics_server(metrics, HOST, 0, **settings)
+    try:
+        yield Served(metrics, server)
+    finally:
+        await stop_metrics_server(server)
 
 
 @pytest.fixture
 async def served() -> AsyncIterator[Served]:
-    metrics = DaprMetrics("app1", max_series=100)
-    server = await start_metrics_server(metrics, "127.0.0.1", 0)
-    yield Served(metrics, server)
-    await stop_metrics_server(server)
+    async with serving(DaprMetrics("app1", max_series=100)) as running:
+        yield running
 
 
 def record_known_mix(metrics: DaprMetrics) -> None:
@@ -131,46 +115,42 @@ async def test_scrape_returns_the_exposition_with_exact_counts_and_labels(
     served: Served, path: str
 ) -> None:
     record_known_mix(served.metrics)
-
-    async with aiohttp.ClientSession() as session, session.get(served.url + path) as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"] == CONTENT_TYPE
-        types, samples = parse_exposition(await response.text())
+    exposition = await served.scrape(path)
 
     invoke = "/v1.0/invoke/app2/method/"
-    assert only(samples, "dapr_http_server_request_count") == {
+    assert exposition.family("dapr_http_server_request_count") == {
         L(app_id="app1", method="POST", path=invoke + "orders", status="200"): 3,
         L(app_id="app1", method="GET", path=invoke + "orders", status="500"): 1,
         L(app_id="app1", method="UNKNOWN", path=invoke + "tea", status="418"): 1,
     }
-    assert only(samples, "dapr_http_server_latency_sum") == {
+    assert exposition.family("dapr_http_server_latency_sum") == {
         L(app_id="app1", method="POST", path=invoke + "orders", status="200"): 12.0,
         L(app_id="app1", method="GET", path=invoke + "orders", status="500"): 30.0,
         L(app_id="app1", method="UNKNOWN", path=invoke + "tea", status="418"): 1.0,
     }
     ok = L(app_id="app1", method="POST", path=invoke + "orders", status="200")
-    assert samples[("dapr_http_server_latency_bucket", ok | {("le", "4")})] == 3
-    assert samples[("dapr_http_server_latency_bucket", ok | {("le", "3")})] == 0
-    assert samples[("dapr_http_server_request_bytes_count", L(app_id="app1"))] == 5
-    assert samples[("dapr_http_server_response_bytes_sum", L(app_id="app1"))] == 124
-    assert only(samples, "dapr_runtime_service_invocation_req_sent_total") == {
+    assert exposition.value("dapr_http_server_latency_bucket", **dict(ok), le="4") == 3
+    assert exposition.value("dapr_http_server_latency_bucket", **dict(ok), le="3") == 0
+    assert exposition.value("dapr_http_server_request_bytes_count", app_id="app1") == 5
+    assert exposition.value("dapr_http_server_response_bytes_sum", app_id="app1") == 124
+    assert exposition.family("dapr_runtime_service_invocation_req_sent_total") == {
         L(app_id="app1", dst_app_id="app2", type="unary"): 2
     }
-    assert only(samples, "dapr_runtime_service_invocation_res_recv_total") == {
+    assert exposition.family("dapr_runtime_service_invocation_res_recv_total") == {
         L(app_id="app1", src_app_id="app2", status="200", type="unary"): 2
     }
-    assert only(samples, "dapr_runtime_service_invocation_req_recv_total") == {
+    assert exposition.family("dapr_runtime_service_invocation_req_recv_total") == {
         L(app_id="app1", src_app_id="app0"): 1
     }
-    assert only(samples, "dapr_runtime_service_invocation_res_sent_total") == {
+    assert exposition.family("dapr_runtime_service_invocation_res_sent_total") == {
         L(app_id="app1", dst_app_id="app0", status="204"): 1
     }
-    assert only(samples, "dapr_http_client_completed_count") == {
+    assert exposition.family("dapr_http_client_completed_count") == {
         L(app_id="app1", method="GET", path="/local", status="200"): 1
     }
-    assert only(samples, "fastproxy_metrics_series_overflow_total") == {frozenset(): 0}
-    assert types["dapr_http_server_request_count"] == "counter"
-    assert types["dapr_http_server_latency"] == "histogram"
+    assert exposition.family("fastproxy_metrics_series_overflow_total") == {frozenset(): 0}
+    assert exposition.types["dapr_http_server_request_count"] == "counter"
+    assert exposition.types["dapr_http_server_latency"] == "histogram"
 
 
 async def test_scrape_reads_gauges_at_scrape_time(served: Served) -> None:
@@ -179,13 +159,13 @@ async def test_scrape_reads_gauges_at_scrape_time(served: Served) -> None:
 
     async with aiohttp.ClientSession() as session:
         async with session.get(served.url + "/metrics") as response:
-            _, first = parse_exposition(await response.text())
+            first = parse_exposition(await response.text())
         state.open = 7.0
         async with session.get(served.url + "/metrics") as response:
-            _, second = parse_exposition(await response.text())
+            second = parse_exposition(await response.text())
 
-    assert first[("fastproxy_open_connections", frozenset())] == 1
-    assert second[("fastproxy_open_connections", frozenset())] == 7
+    assert first.value("fastproxy_open_connections") == 1
+    assert second.value("fastproxy_open_connections") == 7
 
 
 async def test_head_answers_headers_only(served: Served) -> None:
@@ -262,15 +242,7 @@ async def test_raw_keep_alive_and_pipelining_answer_in_order(served: Served) -> 
     ],
 )
 async def test_connection_closes_when_the_client_asks(served: Served, request_bytes: bytes) -> None:
-    reader, writer = await connect(served.port)
-    writer.write(request_bytes)
-
-    status, headers, _ = await read_response(reader)
-
-    assert status == 200
-    assert headers["connection"] == "close"
-    assert await reader.read() == b""
-    await close(writer)
+    assert await answered_then_closed(served.port, request_bytes) == 200
 
 
 @pytest.mark.parametrize(
@@ -293,15 +265,7 @@ async def test_connection_closes_when_the_client_asks(served: Served, request_by
 async def test_bad_requests_are_answered_then_closed(
     served: Served, request_bytes: bytes, expected: int
 ) -> None:
-    reader, writer = await connect(served.port)
-    writer.write(request_bytes)
-
-    status, headers, _ = await read_response(reader)
-
-    assert status == expected
-    assert headers["connection"] == "close"
-    assert await reader.read() == b""
-    await close(writer)
+    assert await answered_then_closed(served.port, request_bytes) == expected
 
 
 async def test_a_parse_error_after_a_good_request_answers_both_in_order(served: Served) -> None:
@@ -319,7 +283,7 @@ async def test_a_parse_error_after_a_good_request_answers_both_in_order(served: 
 
 async def test_a_long_pipelined_burst_is_cut_after_the_bound(served: Served) -> None:
     reader, writer = await connect(served.port)
-    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * (MAX_BURST * 4))
+    writer.write(GET * (MAX_BURST * 4))
 
     answers = []
     while not reader.at_eof():
@@ -340,41 +304,30 @@ async def test_render_failure_is_a_500_on_that_connection_only() -> None:
         def render(self) -> bytes:
             raise RuntimeError("collector broke")
 
-    server = await start_metrics_server(Broken(), "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        reader, writer = await connect(port)
-        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+    async with serving(Broken()) as broken:
+        reader, writer = await connect(broken.port)
+        writer.write(GET * 2)
         first, _, body = await read_response(reader)
         second, _, _ = await read_response(reader)
         assert (first, second) == (500, 500)
         assert body == b"Internal Server Error\n"
         await close(writer)
-    finally:
-        await stop_metrics_server(server)
 
 
 async def test_idle_connections_are_closed() -> None:
-    metrics = DaprMetrics("app1")
-    server = await start_metrics_server(metrics, "127.0.0.1", 0, idle_timeout=0.1)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        reader, writer = await connect(port)
-        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with serving(DaprMetrics("app1"), idle_timeout=0.1) as idle:
+        reader, writer = await connect(idle.port)
+        writer.write(GET)
         status, _, _ = await read_response(reader)
         assert status == 200
         assert await asyncio.wait_for(reader.read(), 5) == b""
         await close(writer)
-    finally:
-        await stop_metrics_server(server)
 
 
 async def test_stopping_closes_kept_alive_connections() -> None:
-    metrics = DaprMetrics("app1")
-    server = await start_metrics_server(metrics, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    reader, writer = await connect(port)
-    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    server = await start_metrics_server(DaprMetrics("app1"), HOST, 0)
+    reader, writer = await connect(server.sockets[0].getsockname()[1])
+    writer.write(GET)
     await read_response(reader)
 
     await stop_metrics_server(server)
@@ -390,16 +343,15 @@ async def test_a_flood_of_distinct_paths_keeps_series_at_the_bound(served: Serve
             b"GET", b"/flood/%d?q=%d" % (index, index), 200, 1.0, 0, 0, 0.01
         )
 
-    async with aiohttp.ClientSession() as session, session.get(served.url + "/metrics") as response:
-        _, samples = parse_exposition(await response.text())
+    exposition = await served.scrape()
 
-    counts = only(samples, "dapr_http_server_request_count")
+    counts = exposition.family("dapr_http_server_request_count")
     other = L(app_id="_other", method="_other", path="_other", status="_other")
     assert len(counts) == 101
     assert counts[other] == 10_000 - 100
     assert sum(counts.values()) == 10_000
-    assert len(only(samples, "dapr_http_server_latency_count")) == 101
-    assert only(samples, "fastproxy_metrics_series_overflow_total") == {frozenset(): 2 * 9_900}
+    assert len(exposition.family("dapr_http_server_latency_count")) == 101
+    assert exposition.family("fastproxy_metrics_series_overflow_total") == {frozenset(): 2 * 9_900}
 
 
 # -- flow control, on a fake transport ---------------------------------------------------------

@@ -10,40 +10,35 @@ import asyncio
 import math
 import re
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from fastproxy import Sidecar
 from tests.integration.conftest import EchoApp, Response, SidecarFactory, request
+from tests.integration.observability_fixtures import APP, fetch, observed_sidecar
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
 TEST_TIMEOUT = 30.0
-APP = "/v1.0/invoke/app/method"
 FEATURE_ON = {"features": [{"name": "ServerTiming", "enabled": True}]}
 _ENTRY = re.compile(r"([A-Za-z][A-Za-z0-9_-]*);dur=([^,;\s]+)")
 
-
-def write_configuration(folder: Path, spec: dict[str, Any]) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "timing.yaml"
-    document = {
-        "apiVersion": "dapr.io/v1alpha1",
-        "kind": "Configuration",
-        "metadata": {"name": "timing"},
-        "spec": spec,
-    }
-    path.write_text(yaml.safe_dump(document))
-    return str(path)
+Timed = Callable[..., Awaitable[Sidecar]]
 
 
-async def sidecar_with(
-    make_sidecar: SidecarFactory, tmp_path: Path, spec: dict[str, Any], **settings: Any
-) -> Sidecar:
-    return await make_sidecar(config_file=write_configuration(tmp_path, spec), **settings)
+@pytest.fixture
+def timed_sidecar(make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path) -> Timed:
+    """`await timed_sidecar(spec=FEATURE_ON, **settings)`: a sidecar for the echo app."""
+
+    async def start(spec: dict[str, Any] = FEATURE_ON, **settings: Any) -> Sidecar:
+        return await observed_sidecar(
+            make_sidecar, tmp_path, spec, app_port=echo_app.port, **settings
+        )
+
+    return start
 
 
 def timings(response: Response) -> dict[str, float]:
@@ -68,16 +63,25 @@ async def timed(port: int, method: str, target: str, body: bytes = b"") -> tuple
     return response, (time.monotonic() - started) * 1000.0
 
 
+async def check_sidecar_only(
+    sidecar: Sidecar, method: str, target: str, status: int, body: bytes = b""
+) -> None:
+    """An answer the sidecar wrote itself: no app time, and no more sidecar time than waited."""
+    answer, wall = await timed(sidecar.http_port, method, target, body)
+    assert answer.status == status, answer
+    timing = timings(answer)
+    assert timing["app"] == 0.0
+    assert timing["sidecar"] <= wall
+
+
 @pytest.mark.parametrize(
     "settings", [{}, {"enable_metrics": False}], ids=["with-metrics", "timing-alone"]
 )
 async def test_server_timing_splits_sidecar_and_app_time(
-    make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path, settings: dict[str, Any]
+    timed_sidecar: Timed, settings: dict[str, Any]
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await sidecar_with(
-            make_sidecar, tmp_path, FEATURE_ON, app_port=echo_app.port, **settings
-        )
+        sidecar = await timed_sidecar(**settings)
         quick, quick_wall = await timed(sidecar.http_port, "POST", f"{APP}/quick", b"{}")
         assert quick.status == 200, quick
         quick_timing = timings(quick)
@@ -91,16 +95,10 @@ async def test_server_timing_splits_sidecar_and_app_time(
             assert timing["sidecar"] + timing["app"] <= wall
 
 
-async def test_server_timing_on_the_sidecars_own_answers(
-    make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path
-) -> None:
+async def test_server_timing_on_the_sidecars_own_answers(timed_sidecar: Timed) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await sidecar_with(make_sidecar, tmp_path, FEATURE_ON, app_port=echo_app.port)
-        error, wall = await timed(sidecar.http_port, "GET", "/v1.0/invoke/nowhere/method/x")
-        assert error.status == 500, error
-        timing = timings(error)
-        assert timing["app"] == 0.0
-        assert timing["sidecar"] <= wall
+        sidecar = await timed_sidecar()
+        await check_sidecar_only(sidecar, "GET", "/v1.0/invoke/nowhere/method/x", 500)
 
 
 @pytest.mark.parametrize(
@@ -115,21 +113,12 @@ async def test_server_timing_on_the_sidecars_own_answers(
     ids=["healthz", "outbound", "healthz-wrong-app", "metadata", "metadata-put"],
 )
 async def test_server_timing_on_local_routes(
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-    method: str,
-    target: str,
-    status: int,
+    timed_sidecar: Timed, method: str, target: str, status: int
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await sidecar_with(make_sidecar, tmp_path, FEATURE_ON, app_port=echo_app.port)
+        sidecar = await timed_sidecar()
         body = b"blue" if method == "PUT" else b""
-        answer, wall = await timed(sidecar.http_port, method, target, body)
-        assert answer.status == status, answer
-        timing = timings(answer)
-        assert timing["app"] == 0.0
-        assert timing["sidecar"] <= wall
+        await check_sidecar_only(sidecar, method, target, status, body)
 
 
 @pytest.mark.parametrize(
@@ -148,13 +137,11 @@ async def test_server_timing_on_local_routes(
     ids=["no-features", "disabled", "other-feature", "later-entry-disables"],
 )
 async def test_no_server_timing_without_the_feature(
-    make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path, spec: dict[str, Any]
+    timed_sidecar: Timed, spec: dict[str, Any]
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await sidecar_with(make_sidecar, tmp_path, spec, app_port=echo_app.port)
-        ok = await request(sidecar.http_port, "GET", f"{APP}/x")
-        assert ok.status == 200, ok
-        error = await request(sidecar.http_port, "GET", "/v1.0/invoke/nowhere/method/x")
-        assert error.status == 500, error
+        sidecar = await timed_sidecar(spec)
+        ok = await fetch(sidecar.http_port, "GET", f"{APP}/x")
+        error = await fetch(sidecar.http_port, "GET", "/v1.0/invoke/nowhere/method/x", status=500)
         for response in (ok, error):
             assert response.header("Server-Timing") is None, response

@@ -8,21 +8,19 @@ refuses must cost dropped spans only: `submit` never blocks and never raises.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import ipaddress
 import json
 import logging
-import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -37,11 +35,16 @@ from fastproxy.observability.export import (
     encode_zipkin,
 )
 from fastproxy.observability.spans import Span
+from tests.integration.observability_fixtures import (
+    HOST,
+    Collector,
+    closed_port,
+    eventually,
+    running_collector,
+)
 from tests.integration.ports import free_port
 
 pytestmark = pytest.mark.asyncio
-
-HOST = "127.0.0.1"
 
 
 def _span(index: int) -> Span:
@@ -66,81 +69,41 @@ def _span_id(index: int) -> str:
     return _span(index).span_id.decode()
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+def submit(exporter: BatchExporter, indices: Iterable[int]) -> list[Span]:
+    """Hand `_span(i)` for each index to the exporter; the spans handed over."""
+    spans = [_span(i) for i in indices]
+    for span in spans:
+        exporter.submit(span)
+    return spans
+
+
+async def until_exported(exporter: BatchExporter, count: int, timeout: float = 5.0) -> None:
+    await eventually(lambda: exporter.exported == count, timeout, f"{count} spans exported")
+
+
+async def until_dropped(exporter: BatchExporter, count: int, timeout: float = 5.0) -> None:
+    await eventually(lambda: exporter.dropped == count, timeout, f"{count} spans dropped")
 
 
 # -- the collector ---------------------------------------------------------------------------
 
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Collector:
-    """A running collector: what it received, and how it behaves next."""
-
-    port: int = 0
-    received: list[Received] = field(default_factory=list)
-    status: int = 200
-    stall: bool = False
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def url(self, path: str, scheme: str = "http") -> str:
-        return f"{scheme}://{HOST}:{self.port}{path}"
-
-    def zipkin_span_ids(self) -> list[str]:
-        return [record["id"] for r in self.received for record in json.loads(r.body)]
-
-
-async def _start_collector(
-    collector: Collector, port: int = 0, ssl_context: ssl.SSLContext | None = None
-) -> web.AppRunner:
-    async def handle(request: web.Request) -> web.Response:
-        body = await request.read()
-        collector.received.append(Received(request.path_qs, dict(request.headers), body))
-        if collector.stall:
-            await collector.release.wait()
-        return web.Response(status=collector.status)
-
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, HOST, port, ssl_context=ssl_context)
-    await site.start()
-    collector.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner
+StartCollector = Callable[..., Awaitable[Collector]]
 
 
 @pytest.fixture
-async def start_collector() -> AsyncIterator[Callable[..., Any]]:
-    """Starts collectors; releases their stalled requests and stops them at teardown."""
-    started: list[tuple[Collector, web.AppRunner]] = []
+async def start_collector() -> AsyncIterator[StartCollector]:
+    """Starts collectors answering 200; releases stalled requests and stops them at teardown."""
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def start(port: int = 0, ssl_context: ssl.SSLContext | None = None) -> Collector:
-        collector = Collector()
-        runner = await _start_collector(collector, port, ssl_context)
-        started.append((collector, runner))
-        return collector
+        async def start(port: int = 0, ssl_context: ssl.SSLContext | None = None) -> Collector:
+            return await stack.enter_async_context(running_collector(port, ssl_context, 200))
 
-    yield start
-    for collector, runner in started:
-        collector.release.set()
-        await runner.cleanup()
+        yield start
 
 
 @pytest.fixture
-async def collector(start_collector: Callable[..., Any]) -> Collector:
-    result: Collector = await start_collector()
-    return result
+async def collector(start_collector: StartCollector) -> Collector:
+    return await start_collector()
 
 
 @pytest.fixture
@@ -163,14 +126,6 @@ async def make_exporter() -> AsyncIterator[Callable[..., BatchExporter]]:
         await exporter.close(deadline=0.5)
 
 
-def _closed_port() -> int:
-    """A loopback port with nothing listening: connections are refused."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [
         r for r in caplog.records if r.name == "fastproxy.tracing" and r.levelno == logging.WARNING
@@ -186,12 +141,10 @@ async def test_zipkin_batch_reaches_the_collector(
     exporter = make_exporter(
         collector.url("/api/v2/spans"), headers=[("X-Tenant", "blue"), ("Authorization", "k")]
     )
-    spans = [_span(i) for i in range(3)]
-    for span in spans:
-        exporter.submit(span)
-    await eventually(lambda: exporter.exported == 3)
+    spans = submit(exporter, range(3))
+    await until_exported(exporter, 3)
 
-    (received,) = collector.received
+    (received,) = collector.posts
     assert received.path == "/api/v2/spans"
     assert received.headers["Content-Type"] == "application/json"
     assert received.headers["Content-Length"] == str(len(received.body))
@@ -211,12 +164,10 @@ async def test_otlp_batch_reaches_the_collector(
         encode=functools.partial(encode_otlp_json, service_name="checkout"),
         content_type=OTLP_JSON_CONTENT_TYPE,
     )
-    spans = [_span(i) for i in range(2)]
-    for span in spans:
-        exporter.submit(span)
-    await eventually(lambda: exporter.exported == 2)
+    spans = submit(exporter, range(2))
+    await until_exported(exporter, 2)
 
-    (received,) = collector.received
+    (received,) = collector.posts
     assert received.path == "/v1/traces"
     assert received.headers["Content-Type"] == "application/json"
     assert received.body == encode_otlp_json(spans, "checkout")
@@ -233,8 +184,8 @@ async def test_exporter_keeps_exporting_batch_after_batch(
     exporter = make_exporter(collector.url("/api/v2/spans"))
     for round_ in range(3):
         exporter.submit(_span(round_))
-        await eventually(lambda n=round_ + 1: exporter.exported == n)
-    assert len(collector.received) == 3
+        await until_exported(exporter, round_ + 1)
+    assert len(collector.posts) == 3
     assert collector.zipkin_span_ids() == [_span_id(i) for i in range(3)]
 
 
@@ -242,24 +193,22 @@ async def test_a_full_batch_leaves_before_the_interval(
     collector: Collector, make_exporter: Callable[..., BatchExporter]
 ) -> None:
     exporter = make_exporter(collector.url("/api/v2/spans"), interval=60.0, max_batch=4)
-    for i in range(3):
-        exporter.submit(_span(i))
+    submit(exporter, range(3))
     await asyncio.sleep(0.2)
-    assert collector.received == []  # below max_batch the interval rules
+    assert collector.posts == []  # below max_batch the interval rules
     exporter.submit(_span(3))
-    await eventually(lambda: exporter.exported == 4, timeout=2.0)
-    assert len(collector.received) == 1
+    await until_exported(exporter, 4, 2.0)
+    assert len(collector.posts) == 1
 
 
 async def test_batches_hold_at_most_max_batch_spans(
     collector: Collector, make_exporter: Callable[..., BatchExporter]
 ) -> None:
     exporter = make_exporter(collector.url("/x"), start=False, interval=60.0, max_batch=4)
-    for i in range(10):
-        exporter.submit(_span(i))
+    submit(exporter, range(10))
     exporter.start()
-    await eventually(lambda: exporter.exported == 10, timeout=2.0)
-    assert [len(json.loads(r.body)) for r in collector.received] == [4, 4, 2]
+    await until_exported(exporter, 10, 2.0)
+    assert [len(json.loads(r.body)) for r in collector.posts] == [4, 4, 2]
     assert collector.zipkin_span_ids() == [_span_id(i) for i in range(10)]
 
 
@@ -297,13 +246,11 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path, bytes]:
 
 
 @pytest.fixture
-async def tls_collector(
-    tmp_path: Path, start_collector: Callable[..., Any]
-) -> tuple[Collector, bytes]:
+async def tls_collector(tmp_path: Path, start_collector: StartCollector) -> tuple[Collector, bytes]:
     cert_path, key_path, cert_pem = _self_signed(tmp_path)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert_path, key_path)
-    collector: Collector = await start_collector(ssl_context=server_context)
+    collector = await start_collector(ssl_context=server_context)
     return collector, cert_pem
 
 
@@ -314,7 +261,7 @@ async def test_https_collector_with_a_trusted_certificate(
     client_context = ssl.create_default_context(cadata=cert_pem.decode())
     exporter = make_exporter(collector.url("/api/v2/spans", "https"), ssl_context=client_context)
     exporter.submit(_span(0))
-    await eventually(lambda: exporter.exported == 1)
+    await until_exported(exporter, 1)
     assert collector.zipkin_span_ids() == [_span_id(0)]
 
 
@@ -326,8 +273,8 @@ async def test_https_collector_with_an_untrusted_certificate_gets_nothing(
     collector, _ = tls_collector
     exporter = make_exporter(collector.url("/api/v2/spans", "https"))  # system trust store
     exporter.submit(_span(0))
-    await eventually(lambda: exporter.dropped == 1)
-    assert collector.received == []
+    await until_dropped(exporter, 1)
+    assert collector.posts == []
     assert exporter.exported == 0
     (warning,) = _warnings(caplog)
     assert "SSL" in warning.getMessage() or "certificate" in warning.getMessage()
@@ -340,15 +287,13 @@ async def test_collector_down_drops_spans_without_blocking_submit(
     make_exporter: Callable[..., BatchExporter], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="fastproxy.tracing")
-    exporter = make_exporter(f"http://{HOST}:{_closed_port()}/api/v2/spans")
+    exporter = make_exporter(f"http://{HOST}:{closed_port()}/api/v2/spans")
     started = time.perf_counter()
-    for i in range(5):
-        exporter.submit(_span(i))
+    submit(exporter, range(5))
     assert time.perf_counter() - started < 0.05
-    await eventually(lambda: exporter.dropped == 5)
-    for i in range(5):
-        exporter.submit(_span(i))
-    await eventually(lambda: exporter.dropped == 10)
+    await until_dropped(exporter, 5)
+    submit(exporter, range(5))
+    await until_dropped(exporter, 10)
 
     assert exporter.exported == 0
     assert exporter.state is ExporterState.RUNNING
@@ -357,7 +302,7 @@ async def test_collector_down_drops_spans_without_blocking_submit(
 
 
 async def test_export_resumes_when_the_collector_comes_back(
-    start_collector: Callable[..., Any],
+    start_collector: StartCollector,
     make_exporter: Callable[..., BatchExporter],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -365,17 +310,17 @@ async def test_export_resumes_when_the_collector_comes_back(
     port = free_port()
     exporter = make_exporter(f"http://{HOST}:{port}/api/v2/spans")
     exporter.submit(_span(0))
-    await eventually(lambda: exporter.dropped == 1)
+    await until_dropped(exporter, 1)
 
-    collector: Collector = await start_collector(port=port)
+    collector = await start_collector(port=port)
     exporter.submit(_span(1))
-    await eventually(lambda: exporter.exported == 1)
+    await until_exported(exporter, 1)
     assert collector.zipkin_span_ids() == [_span_id(1)]
     assert len(_warnings(caplog)) == 1
     assert any("works again" in r.getMessage() for r in caplog.records)
 
     exporter.submit(_span(2))  # a new failure streak would warn again
-    await eventually(lambda: exporter.exported == 2)
+    await until_exported(exporter, 2)
     assert len(_warnings(caplog)) == 1
 
 
@@ -387,14 +332,12 @@ async def test_stalled_collector_costs_one_batch_after_the_timeout(
     collector.stall = True
     exporter = make_exporter(collector.url("/api/v2/spans"), timeout=0.3)
     started = time.monotonic()
-    for i in range(5):
-        exporter.submit(_span(i))
-    await eventually(lambda: len(collector.received) == 1)
+    submit(exporter, range(5))
+    await eventually(lambda: len(collector.posts) == 1)
 
     # While the POST hangs, submitting stays immediate and only queues.
     submit_started = time.perf_counter()
-    for i in range(1000):
-        exporter.submit(_span(i))
+    submit(exporter, range(1000))
     assert time.perf_counter() - submit_started < 0.1
     assert exporter.queued == 1000
 
@@ -414,10 +357,9 @@ async def test_collector_error_status_drops_the_batch(
 ) -> None:
     collector.status = 503
     exporter = make_exporter(collector.url("/api/v2/spans"))
-    for i in range(3):
-        exporter.submit(_span(i))
-    await eventually(lambda: exporter.dropped == 3)
-    assert len(collector.received) == 1
+    submit(exporter, range(3))
+    await until_dropped(exporter, 3)
+    assert len(collector.posts) == 1
     assert exporter.exported == 0
     (warning,) = _warnings(caplog)
     assert "HTTP 503" in warning.getMessage()
@@ -428,15 +370,13 @@ async def test_failing_collector_sees_one_attempt_per_interval(
 ) -> None:
     collector.status = 500
     exporter = make_exporter(collector.url("/x"), interval=0.6, max_batch=2)
-    for i in range(2):
-        exporter.submit(_span(i))  # a full batch: sent at once, and refused
-    await eventually(lambda: exporter.dropped == 2, timeout=0.4)
-    for i in range(2, 6):
-        exporter.submit(_span(i))  # full batches again, but no early retry while failing
+    submit(exporter, range(2))  # a full batch: sent at once, and refused
+    await until_dropped(exporter, 2, 0.4)
+    submit(exporter, range(2, 6))  # full batches again, but no early retry while failing
     await asyncio.sleep(0.3)
-    assert len(collector.received) == 1
+    assert len(collector.posts) == 1
     assert exporter.queued == 4
-    await eventually(lambda: len(collector.received) == 2, timeout=2.0)
+    await eventually(lambda: len(collector.posts) == 2, timeout=2.0)
 
 
 async def test_collector_closing_without_an_answer_drops_the_batch(
@@ -453,9 +393,8 @@ async def test_collector_closing_without_an_answer_drops_the_batch(
     try:
         port = server.sockets[0].getsockname()[1]
         exporter = make_exporter(f"http://{HOST}:{port}/api/v2/spans")
-        for i in range(2):
-            exporter.submit(_span(i))
-        await eventually(lambda: exporter.dropped == 2)
+        submit(exporter, range(2))
+        await until_dropped(exporter, 2)
         assert exporter.exported == 0
         (head,) = requests
         assert head.startswith(b"POST /api/v2/spans HTTP/1.1\r\n")
@@ -469,8 +408,7 @@ async def test_queue_overflow_counts_every_dropped_span(
     collector: Collector, make_exporter: Callable[..., BatchExporter]
 ) -> None:
     exporter = make_exporter(collector.url("/x"), start=False, max_queue=10, max_batch=100)
-    for i in range(25):
-        exporter.submit(_span(i))
+    submit(exporter, range(25))
     assert (exporter.queued, exporter.dropped) == (10, 15)
 
     await exporter.close()
@@ -482,10 +420,9 @@ async def test_close_flushes_what_is_queued(
     collector: Collector, make_exporter: Callable[..., BatchExporter]
 ) -> None:
     exporter = make_exporter(collector.url("/x"), interval=60.0)
-    for i in range(7):
-        exporter.submit(_span(i))
+    submit(exporter, range(7))
     await asyncio.sleep(0.05)
-    assert collector.received == []
+    assert collector.posts == []
 
     await exporter.close()
     assert collector.zipkin_span_ids() == [_span_id(i) for i in range(7)]
@@ -502,9 +439,8 @@ async def test_close_gives_up_at_its_deadline(
 ) -> None:
     collector.stall = True
     exporter = make_exporter(collector.url("/x"), interval=60.0, timeout=30.0, max_batch=2)
-    for i in range(5):
-        exporter.submit(_span(i))
-    await eventually(lambda: len(collector.received) == 1)
+    submit(exporter, range(5))
+    await eventually(lambda: len(collector.posts) == 1)
 
     started = time.monotonic()
     await exporter.close(deadline=0.3)

@@ -11,32 +11,30 @@ later span that must travel in the same or a later batch.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-import socket
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from aiohttp import web
 
 from fastproxy import Sidecar
-from tests.integration.conftest import (
-    EchoApp,
-    Response,
-    SidecarFactory,
-    parse_responses,
-    raw_exchange,
-    request,
+from tests.integration.conftest import EchoApp, Response, SidecarFactory, request
+from tests.integration.observability_fixtures import (
+    Collector,
+    caller_and_callee,
+    closed_port,
+    eventually,
+    fetch,
+    observed_sidecar,
+    raw_get,
+    running_collector,
+    scrape,
 )
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
-HOST = "127.0.0.1"
 TEST_TIMEOUT = 30.0
 # Spans are batched about once a second: a span is due well within this.
 EXPORT_DEADLINE = 5.0
@@ -45,122 +43,56 @@ TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"
 SAMPLED_PARENT = f"00-{TRACE}-{PARENT}-01"
 UNSAMPLED_PARENT = f"00-{TRACE}-{PARENT}-00"
+OWN_TRACEPARENT = f"00-{'1' * 32}-{'2' * 16}-01"
 TRACEPARENT_RE = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-(0[01])")
 
-
-# -- the collector ---------------------------------------------------------------------------
-
-
-@dataclass
-class Post:
-    path: str
-    content_type: str
-    body: bytes
+Context = tuple[str, str, str]
+Traced = Callable[..., Awaitable[Sidecar]]
 
 
-@dataclass
-class Collector:
-    """A Zipkin and OTLP/HTTP collector on loopback that records every POST."""
-
-    port: int = 0
-    posts: list[Post] = field(default_factory=list)
-
-    @property
-    def zipkin_url(self) -> str:
-        return f"http://{HOST}:{self.port}/api/v2/spans"
-
-    @property
-    def otlp_address(self) -> str:
-        return f"{HOST}:{self.port}"
-
-    def zipkin_spans(self) -> list[dict[str, Any]]:
-        spans: list[dict[str, Any]] = []
-        for post in self.posts:
-            if post.path == "/api/v2/spans":
-                spans.extend(json.loads(post.body))
-        return spans
-
-    def otlp_spans(self) -> list[tuple[str, dict[str, Any]]]:
-        """(service.name, span) for every OTLP span received."""
-        out: list[tuple[str, dict[str, Any]]] = []
-        for post in self.posts:
-            if post.path != "/v1/traces":
-                continue
-            for resource_spans in json.loads(post.body)["resourceSpans"]:
-                attributes = resource_spans["resource"]["attributes"]
-                service = next(
-                    a["value"]["stringValue"] for a in attributes if a["key"] == "service.name"
-                )
-                for scope_spans in resource_spans["scopeSpans"]:
-                    out.extend((service, span) for span in scope_spans["spans"])
-        return out
-
-    def zipkin_trace(self, trace_id: str) -> list[dict[str, Any]]:
-        return [span for span in self.zipkin_spans() if span["traceId"] == trace_id]
-
-
-async def eventually(
-    predicate: Callable[[], bool], timeout: float = EXPORT_DEADLINE, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not met within {timeout}s"
-        await asyncio.sleep(0.02)
+# -- fixtures --------------------------------------------------------------------------------
 
 
 @pytest.fixture
 async def collector() -> AsyncIterator[Collector]:
-    found = Collector()
-
-    async def record(req: web.Request) -> web.Response:
-        body = await req.read()
-        found.posts.append(Post(req.path, req.headers.get("Content-Type", ""), body))
-        return web.Response(status=202 if req.path == "/api/v2/spans" else 200, text="{}")
-
-    app = web.Application()
-    app.router.add_post("/api/v2/spans", record)
-    app.router.add_post("/v1/traces", record)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, HOST, 0)
-    await site.start()
-    found.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield found
-    await runner.cleanup()
-
-
-# -- configuration and helpers ---------------------------------------------------------------
-
-
-def write_configuration(folder: Path, name: str, spec: dict[str, Any]) -> str:
-    """A Dapr Configuration file holding `spec`; returns its path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.yaml"
-    document = {
-        "apiVersion": "dapr.io/v1alpha1",
-        "kind": "Configuration",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-    path.write_text(yaml.safe_dump(document))
-    return str(path)
+    async with running_collector() as found:
+        yield found
 
 
 def zipkin_tracing(rate: str, collector: Collector) -> dict[str, Any]:
     return {"samplingRate": rate, "zipkin": {"endpointAddress": collector.zipkin_url}}
 
 
-async def traced_sidecar(
-    make_sidecar: SidecarFactory,
-    tmp_path: Path,
-    spec: dict[str, Any],
-    *,
-    app_id: str = "app",
-    **settings: Any,
-) -> Sidecar:
-    config = write_configuration(tmp_path, f"config-{app_id}", spec)
-    settings.setdefault("metrics_listen_address", HOST)
-    return await make_sidecar(app_id=app_id, config_file=config, **settings)
+@pytest.fixture
+def traced(
+    collector: Collector, make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path
+) -> Traced:
+    """`await traced(rate, **settings)`: a sidecar for the echo app exporting to the collector."""
+
+    async def start(rate: str, **settings: Any) -> Sidecar:
+        spec = {"tracing": zipkin_tracing(rate, collector)}
+        return await observed_sidecar(
+            make_sidecar, tmp_path, spec, app_port=echo_app.port, **settings
+        )
+
+    return start
+
+
+@pytest.fixture
+def two_hops(
+    collector: Collector, make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path
+) -> Callable[[], Awaitable[Sidecar]]:
+    """`await two_hops()`: sidecar `a`, calling `b` in front of the echo app, both at rate 1."""
+
+    async def start() -> Sidecar:
+        spec = {"tracing": zipkin_tracing("1", collector)}
+        a, _ = await caller_and_callee(make_sidecar, tmp_path, echo_app, spec, spec)
+        return a
+
+    return start
+
+
+# -- reading trace context -------------------------------------------------------------------
 
 
 def app_headers(response: Response, name: str) -> list[str]:
@@ -172,7 +104,7 @@ def response_headers(response: Response, name: str) -> list[str]:
     return [v for k, v in response.headers if k.lower() == name.lower()]
 
 
-def parse_traceparent(value: str) -> tuple[str, str, str]:
+def parse_traceparent(value: str) -> Context:
     match = TRACEPARENT_RE.fullmatch(value)
     assert match is not None, f"not a version-00 traceparent: {value!r}"
     trace_id, span_id, flags = match.groups()
@@ -180,37 +112,69 @@ def parse_traceparent(value: str) -> tuple[str, str, str]:
     return trace_id, span_id, flags
 
 
-def single_traceparent(values: list[str]) -> tuple[str, str, str]:
+def single_traceparent(values: list[str]) -> Context:
     assert len(values) == 1, f"expected one traceparent, got {values!r}"
     return parse_traceparent(values[0])
 
 
-async def scrape(sidecar: Sidecar) -> str:
-    assert sidecar.metrics_port is not None
-    response = await request(sidecar.metrics_port, "GET", "/metrics")
-    assert response.status == 200, response
-    return response.body.decode()
+def sent_to_app(response: Response) -> Context:
+    """The one traceparent the app received."""
+    return single_traceparent(app_headers(response, "traceparent"))
 
 
-def sample_value(exposition: str, name: str, **labels: str) -> float | None:
-    """The value of the one sample of `name` carrying at least `labels`, if any."""
-    found: list[float] = []
-    for line in exposition.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        metric, _, label_text = head.partition("{")
-        if metric != name:
-            continue
-        pairs = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', label_text))
-        if all(pairs.get(k) == v for k, v in labels.items()):
-            found.append(float(value))
-    assert len(found) <= 1, f"{name} {labels} matches several samples: {found}"
-    return found[0] if found else None
+def returned(response: Response) -> Context:
+    """The one traceparent the client got back."""
+    return single_traceparent(response_headers(response, "traceparent"))
+
+
+def assert_continues_parent(context: Context, flags: str) -> Context:
+    """`context` continues TRACE under a new span of the sidecar's, with `flags`."""
+    assert (context[0], context[2]) == (TRACE, flags), context
+    assert context[1] != PARENT, context
+    return context
+
+
+async def get(
+    sidecar: Sidecar,
+    target: str,
+    traceparent: str | None = None,
+    *,
+    tracestate: str | None = None,
+    status: int = 200,
+) -> Response:
+    """GET `target` from the sidecar with the trace context given; the answer has `status`."""
+    headers = {"traceparent": traceparent, "tracestate": tracestate}
+    sent = {name: value for name, value in headers.items() if value is not None}
+    return await fetch(sidecar.http_port, "GET", target, sent, status=status)
+
+
+# -- spans at the collector and in the metrics -----------------------------------------------
+
+
+async def the_span(collector: Collector, trace_id: str, what: str = "the span's export") -> Any:
+    """The one span of `trace_id`, once exported."""
+    await eventually(lambda: bool(collector.zipkin_trace(trace_id)), EXPORT_DEADLINE, what)
+    [span] = collector.zipkin_trace(trace_id)
+    return span
+
+
+async def caller_and_callee_spans(
+    collector: Collector, trace_id: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The CLIENT span of sidecar `a` and the SERVER span of `b` in `trace_id`."""
+    await eventually(lambda: len(collector.zipkin_trace(trace_id)) == 2, what="two spans")
+    spans = {
+        span["localEndpoint"]["serviceName"]: span for span in collector.zipkin_trace(trace_id)
+    }
+    assert set(spans) == {"a", "b"}
+    caller, callee = spans["a"], spans["b"]
+    assert caller["kind"] == "CLIENT"
+    assert callee["kind"] == "SERVER"
+    return caller, callee
 
 
 async def spans_total(sidecar: Sidecar, outcome: str) -> float | None:
-    return sample_value(await scrape(sidecar), "fastproxy_spans_total", outcome=outcome)
+    return (await scrape(sidecar)).find("fastproxy_spans_total", outcome=outcome)
 
 
 async def wait_for_spans_total(sidecar: Sidecar, outcome: str, expected: float) -> None:
@@ -228,17 +192,18 @@ async def flush_marker(port: int, collector: Collector, app_id: str = "app") -> 
     span finished before it has been exported too, or never will be.
     """
     marker_trace = "f" * 31 + "1"
-    response = await request(
-        port,
-        "GET",
-        f"/v1.0/invoke/{app_id}/method/marker",
-        {"traceparent": f"00-{marker_trace}-{'e' * 16}-01"},
-    )
-    assert response.status == 200, response
-    await eventually(
-        lambda: bool(collector.zipkin_trace(marker_trace)), what="the marker span's export"
-    )
+    target = f"/v1.0/invoke/{app_id}/method/marker"
+    await fetch(port, "GET", target, {"traceparent": f"00-{marker_trace}-{'e' * 16}-01"})
+    await the_span(collector, marker_trace, "the marker span's export")
     return marker_trace
+
+
+async def assert_only_the_marker_is_exported(sidecar: Sidecar, collector: Collector) -> None:
+    """Nothing sent before a marker was exported, and nothing was dropped."""
+    marker = await flush_marker(sidecar.http_port, collector)
+    assert {span["traceId"] for span in collector.zipkin_spans()} == {marker}
+    await wait_for_spans_total(sidecar, "exported", 1)
+    assert await spans_total(sidecar, "dropped") == 0
 
 
 # -- sampled spans across two sidecars -------------------------------------------------------
@@ -246,53 +211,28 @@ async def flush_marker(port: int, collector: Collector, app_id: str = "app") -> 
 
 @pytest.mark.parametrize("client_sends", [True, False], ids=["client-traceparent", "new-trace"])
 async def test_sampled_call_links_caller_span_callee_span_and_app_in_one_trace(
-    collector: Collector,
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-    client_sends: bool,
+    collector: Collector, two_hops: Callable[[], Awaitable[Sidecar]], client_sends: bool
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        tracing = zipkin_tracing("1", collector)
-        b = await traced_sidecar(
-            make_sidecar, tmp_path, {"tracing": tracing}, app_id="b", app_port=echo_app.port
-        )
-        resolution = {
-            "component": "static",
-            "configuration": {"apps": {"b": [f"{HOST}:{b.internal_port}"]}},
-        }
-        a = await traced_sidecar(
-            make_sidecar, tmp_path, {"tracing": tracing, "nameResolution": resolution}, app_id="a"
-        )
-        headers = {"traceparent": SAMPLED_PARENT} if client_sends else {}
-        response = await request(a.http_port, "GET", "/v1.0/invoke/b/method/orders/7?x=1", headers)
-        assert response.status == 200, response
+        a = await two_hops()
+        parent = SAMPLED_PARENT if client_sends else None
+        response = await get(a, "/v1.0/invoke/b/method/orders/7?x=1", parent)
         assert response.json()["path"] == "/orders/7?x=1"
 
-        trace_id, app_parent, flags = single_traceparent(app_headers(response, "traceparent"))
+        trace_id, app_parent, flags = sent_to_app(response)
         assert flags == "01"
         if client_sends:
-            assert trace_id == TRACE
-            assert app_parent != PARENT
+            assert_continues_parent((trace_id, app_parent, flags), "01")
         # The app sent none back, so the client gets the caller sidecar's (a's) span.
-        returned_trace, returned_span, returned_flags = single_traceparent(
-            response_headers(response, "traceparent")
-        )
+        returned_trace, returned_span, returned_flags = returned(response)
         assert (returned_trace, returned_flags) == (trace_id, "01")
 
-        await eventually(lambda: len(collector.zipkin_trace(trace_id)) == 2, what="two spans")
-        spans = {
-            span["localEndpoint"]["serviceName"]: span for span in collector.zipkin_trace(trace_id)
-        }
-        assert set(spans) == {"a", "b"}
-        caller, callee = spans["a"], spans["b"]
-        assert caller["kind"] == "CLIENT"
+        caller, callee = await caller_and_callee_spans(collector, trace_id)
         assert caller["name"] == "CallLocal/b/orders/7"
         if client_sends:
             assert caller["parentId"] == PARENT
         else:
             assert "parentId" not in caller
-        assert callee["kind"] == "SERVER"
         assert callee["name"] == "CallLocal/b/orders/7"
         assert callee["parentId"] == caller["id"]
         assert returned_span == caller["id"]
@@ -311,139 +251,71 @@ async def test_sampled_call_links_caller_span_callee_span_and_app_in_one_trace(
 
 
 async def test_two_hop_response_names_the_caller_sidecars_span_when_the_app_sent_none(
-    collector: Collector,
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
+    collector: Collector, two_hops: Callable[[], Awaitable[Sidecar]]
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        tracing = zipkin_tracing("1", collector)
-        b = await traced_sidecar(
-            make_sidecar, tmp_path, {"tracing": tracing}, app_id="b", app_port=echo_app.port
-        )
-        resolution = {
-            "component": "static",
-            "configuration": {"apps": {"b": [f"{HOST}:{b.internal_port}"]}},
-        }
-        a = await traced_sidecar(
-            make_sidecar, tmp_path, {"tracing": tracing, "nameResolution": resolution}, app_id="a"
-        )
-        response = await request(
-            a.http_port, "GET", "/v1.0/invoke/b/method/x", {"traceparent": SAMPLED_PARENT}
-        )
-        assert response.status == 200, response
-        returned_trace, returned_span, _ = single_traceparent(
-            response_headers(response, "traceparent")
-        )
+        a = await two_hops()
+        response = await get(a, "/v1.0/invoke/b/method/x", SAMPLED_PARENT)
+        returned_trace, returned_span, _ = returned(response)
         assert returned_trace == TRACE
-        _, app_parent, _ = single_traceparent(app_headers(response, "traceparent"))
-        await eventually(lambda: len(collector.zipkin_trace(TRACE)) == 2, what="two spans")
-        caller = next(s for s in collector.zipkin_trace(TRACE) if s["kind"] == "CLIENT")
-        callee = next(s for s in collector.zipkin_trace(TRACE) if s["kind"] == "SERVER")
+        _, app_parent, _ = sent_to_app(response)
+        caller, callee = await caller_and_callee_spans(collector, TRACE)
         assert returned_span == caller["id"]
         assert app_parent == callee["id"] != returned_span
 
 
+async def assert_apps_own_traceparent_wins(sidecar: Sidecar, app_id: str) -> None:
+    """The app answers with a traceparent of its own: the client gets that one."""
+    target = f"/v1.0/invoke/{app_id}/method/own?header=traceparent:{OWN_TRACEPARENT}"
+    response = await get(sidecar, target, SAMPLED_PARENT)
+    assert response_headers(response, "traceparent") == [OWN_TRACEPARENT]
+    # The app still got the sidecar's span, in the client's trace.
+    assert sent_to_app(response)[0] == TRACE
+
+
 async def test_two_hop_response_carries_the_apps_own_traceparent(
-    collector: Collector,
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
+    two_hops: Callable[[], Awaitable[Sidecar]],
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        tracing = zipkin_tracing("1", collector)
-        b = await traced_sidecar(
-            make_sidecar, tmp_path, {"tracing": tracing}, app_id="b", app_port=echo_app.port
-        )
-        resolution = {
-            "component": "static",
-            "configuration": {"apps": {"b": [f"{HOST}:{b.internal_port}"]}},
-        }
-        a = await traced_sidecar(
-            make_sidecar, tmp_path, {"tracing": tracing, "nameResolution": resolution}, app_id="a"
-        )
-        own = f"00-{'1' * 32}-{'2' * 16}-01"
-        response = await request(
-            a.http_port,
-            "GET",
-            f"/v1.0/invoke/b/method/own?header=traceparent:{own}",
-            {"traceparent": SAMPLED_PARENT},
-        )
-        assert response.status == 200, response
-        assert response_headers(response, "traceparent") == [own]
-        assert single_traceparent(app_headers(response, "traceparent"))[0] == TRACE
+        a = await two_hops()
+        await assert_apps_own_traceparent_wins(a, "b")
 
 
 # -- sampling --------------------------------------------------------------------------------
 
 
 async def test_rate_zero_propagates_and_returns_traceparent_but_exports_nothing(
-    collector: Collector,
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
+    collector: Collector, traced: Traced
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await traced_sidecar(
-            make_sidecar,
-            tmp_path,
-            {"tracing": zipkin_tracing("0", collector)},
-            app_port=echo_app.port,
-        )
+        sidecar = await traced("0")
         # No context sent: one is started, unsampled, and given to the app and the client.
-        fresh = await request(sidecar.http_port, "GET", "/v1.0/invoke/app/method/fresh")
-        assert fresh.status == 200, fresh
-        seen = single_traceparent(app_headers(fresh, "traceparent"))
+        fresh = await get(sidecar, "/v1.0/invoke/app/method/fresh")
+        seen = sent_to_app(fresh)
         assert seen[2] == "00"
-        assert single_traceparent(response_headers(fresh, "traceparent")) == seen
+        assert returned(fresh) == seen
         # An unsampled parent: its trace continues under a new span of the sidecar's.
-        continued = await request(
-            sidecar.http_port,
-            "GET",
-            "/v1.0/invoke/app/method/continued",
-            {"traceparent": UNSAMPLED_PARENT},
-        )
-        assert continued.status == 200, continued
-        trace_id, span_id, flags = single_traceparent(app_headers(continued, "traceparent"))
-        assert (trace_id, flags) == (TRACE, "00")
-        assert span_id != PARENT
-        assert single_traceparent(response_headers(continued, "traceparent")) == (
-            trace_id,
-            span_id,
-            flags,
-        )
+        continued = await get(sidecar, "/v1.0/invoke/app/method/continued", UNSAMPLED_PARENT)
+        context = assert_continues_parent(sent_to_app(continued), "00")
+        assert returned(continued) == context
         # Only the marker (a sampled parent) was exported; the two above never will be.
-        marker = await flush_marker(sidecar.http_port, collector)
-        assert {span["traceId"] for span in collector.zipkin_spans()} == {marker}
-        await wait_for_spans_total(sidecar, "exported", 1)
-        assert await spans_total(sidecar, "dropped") == 0
+        await assert_only_the_marker_is_exported(sidecar, collector)
 
 
-async def test_rate_zero_follows_a_sampled_parent(
-    collector: Collector,
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-) -> None:
+async def test_rate_zero_follows_a_sampled_parent(collector: Collector, traced: Traced) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await traced_sidecar(
-            make_sidecar,
-            tmp_path,
-            {"tracing": zipkin_tracing("0", collector)},
-            app_port=echo_app.port,
-        )
-        response = await request(
+        sidecar = await traced("0")
+        response = await fetch(
             sidecar.http_port,
             "POST",
             "/v1.0/invoke/app/method/pay?status=201",
             {"traceparent": SAMPLED_PARENT},
             b"{}",
+            status=201,
         )
-        assert response.status == 201, response
-        trace_id, span_id, flags = single_traceparent(app_headers(response, "traceparent"))
+        trace_id, span_id, flags = sent_to_app(response)
         assert (trace_id, flags) == (TRACE, "01")
-        await eventually(lambda: bool(collector.zipkin_trace(TRACE)), what="the span's export")
-        [span] = collector.zipkin_trace(TRACE)
+        span = await the_span(collector, TRACE)
         assert span["id"] == span_id
         assert span["parentId"] == PARENT
         assert span["kind"] == "CLIENT"
@@ -454,25 +326,14 @@ async def test_rate_zero_follows_a_sampled_parent(
 
 
 async def test_rate_one_samples_every_request_without_a_parent(
-    collector: Collector,
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
+    collector: Collector, traced: Traced
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await traced_sidecar(
-            make_sidecar,
-            tmp_path,
-            {"tracing": zipkin_tracing("1", collector)},
-            app_port=echo_app.port,
-        )
+        sidecar = await traced("1")
         traces = []
         for index in range(5):
-            response = await request(
-                sidecar.http_port, "GET", f"/v1.0/invoke/app/method/item/{index}"
-            )
-            assert response.status == 200, response
-            trace_id, span_id, flags = single_traceparent(app_headers(response, "traceparent"))
+            response = await get(sidecar, f"/v1.0/invoke/app/method/item/{index}")
+            trace_id, span_id, flags = sent_to_app(response)
             assert flags == "01"
             traces.append((trace_id, span_id))
         assert len({trace for trace, _ in traces}) == 5
@@ -485,11 +346,6 @@ async def test_rate_one_samples_every_request_without_a_parent(
 
 
 # -- what comes in: malformed traceparent, tracestate ------------------------------------------
-
-
-def _raw_get(target: str, header_lines: list[str]) -> bytes:
-    lines = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close", *header_lines]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 MALFORMED = [
@@ -508,7 +364,7 @@ MALFORMED = [
         id="repeated-identical",
     ),
     pytest.param(
-        [f"traceparent: {SAMPLED_PARENT}", f"traceparent: 00-{'1' * 32}-{'2' * 16}-01"],
+        [f"traceparent: {SAMPLED_PARENT}", f"traceparent: {OWN_TRACEPARENT}"],
         id="repeated-different",
     ),
 ]
@@ -516,26 +372,15 @@ MALFORMED = [
 
 @pytest.mark.parametrize("header_lines", MALFORMED)
 async def test_malformed_or_repeated_traceparent_starts_a_new_trace(
-    collector: Collector,
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-    header_lines: list[str],
+    traced: Traced, header_lines: list[str]
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await traced_sidecar(
-            make_sidecar,
-            tmp_path,
-            {"tracing": zipkin_tracing("0", collector)},
-            app_port=echo_app.port,
-        )
-        raw = await raw_exchange(
+        sidecar = await traced("0")
+        response = await raw_get(
             sidecar.http_port,
-            _raw_get(
-                "/v1.0/invoke/app/method/bad", [*header_lines, "tracestate: congo=t61rcWkgMzE"]
-            ),
+            "/v1.0/invoke/app/method/bad",
+            [*header_lines, "tracestate: congo=t61rcWkgMzE"],
         )
-        [response] = parse_responses(raw)
         assert response.status == 200, response
         sent = [line.partition(": ")[2] for line in header_lines]
         seen = app_headers(response, "traceparent")
@@ -546,62 +391,30 @@ async def test_malformed_or_repeated_traceparent_starts_a_new_trace(
         assert flags == "00"
         # The tracestate belonged to the rejected context: it goes too.
         assert app_headers(response, "tracestate") == []
-        assert single_traceparent(response_headers(response, "traceparent")) == (
-            trace_id,
-            span_id,
-            flags,
-        )
+        assert returned(response) == (trace_id, span_id, flags)
 
 
 async def test_span_of_a_replaced_traceparent_is_a_root(
-    collector: Collector, make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path
+    collector: Collector, traced: Traced
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await traced_sidecar(
-            make_sidecar,
-            tmp_path,
-            {"tracing": zipkin_tracing("1", collector)},
-            app_port=echo_app.port,
-        )
-        response = await request(
-            sidecar.http_port,
-            "GET",
-            "/v1.0/invoke/app/method/bad",
-            {"traceparent": f"00-{TRACE.upper()}-{PARENT}-01"},
-        )
-        assert response.status == 200, response
-        trace_id, span_id, _ = single_traceparent(app_headers(response, "traceparent"))
-        await eventually(lambda: bool(collector.zipkin_trace(trace_id)), what="the span's export")
-        [span] = collector.zipkin_trace(trace_id)
+        sidecar = await traced("1")
+        upper = f"00-{TRACE.upper()}-{PARENT}-01"
+        response = await get(sidecar, "/v1.0/invoke/app/method/bad", upper)
+        trace_id, span_id, _ = sent_to_app(response)
+        span = await the_span(collector, trace_id)
         assert "parentId" not in span
         assert span["id"] == span_id
         assert {s["traceId"] for s in collector.zipkin_spans()} == {trace_id}
 
 
-async def test_later_version_with_an_extra_field_is_continued(
-    collector: Collector,
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-) -> None:
+async def test_later_version_with_an_extra_field_is_continued(traced: Traced) -> None:
     """The W3C forward-compatibility rule: a version above 00 may carry more fields."""
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await traced_sidecar(
-            make_sidecar,
-            tmp_path,
-            {"tracing": zipkin_tracing("0", collector)},
-            app_port=echo_app.port,
-        )
-        response = await request(
-            sidecar.http_port,
-            "GET",
-            "/v1.0/invoke/app/method/future",
-            {"traceparent": f"cc-{TRACE}-{PARENT}-01-what-the-future-holds"},
-        )
-        assert response.status == 200, response
-        trace_id, span_id, flags = single_traceparent(app_headers(response, "traceparent"))
-        assert (trace_id, flags) == (TRACE, "01")
-        assert span_id != PARENT
+        sidecar = await traced("0")
+        future = f"cc-{TRACE}-{PARENT}-01-what-the-future-holds"
+        response = await get(sidecar, "/v1.0/invoke/app/method/future", future)
+        assert_continues_parent(sent_to_app(response), "01")
 
 
 TRACESTATES = [
@@ -620,52 +433,24 @@ TRACESTATES = [
 
 @pytest.mark.parametrize(("tracestate", "forwarded"), TRACESTATES)
 async def test_tracestate_is_forwarded_when_valid_and_dropped_when_not(
-    collector: Collector,
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-    tracestate: str,
-    forwarded: bool,
+    traced: Traced, tracestate: str, forwarded: bool
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await traced_sidecar(
-            make_sidecar,
-            tmp_path,
-            {"tracing": zipkin_tracing("0", collector)},
-            app_port=echo_app.port,
-        )
-        response = await request(
-            sidecar.http_port,
-            "GET",
-            "/v1.0/invoke/app/method/state",
-            {"traceparent": UNSAMPLED_PARENT, "tracestate": tracestate},
-        )
-        assert response.status == 200, response
-        assert single_traceparent(app_headers(response, "traceparent"))[0] == TRACE
+        sidecar = await traced("0")
+        target = "/v1.0/invoke/app/method/state"
+        response = await get(sidecar, target, UNSAMPLED_PARENT, tracestate=tracestate)
+        assert sent_to_app(response)[0] == TRACE
         assert app_headers(response, "tracestate") == ([tracestate] if forwarded else [])
 
 
-async def test_tracestate_lines_combine_in_order(
-    collector: Collector,
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-) -> None:
+async def test_tracestate_lines_combine_in_order(traced: Traced) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await traced_sidecar(
-            make_sidecar,
-            tmp_path,
-            {"tracing": zipkin_tracing("0", collector)},
-            app_port=echo_app.port,
-        )
-        raw = await raw_exchange(
+        sidecar = await traced("0")
+        response = await raw_get(
             sidecar.http_port,
-            _raw_get(
-                "/v1.0/invoke/app/method/state",
-                [f"traceparent: {UNSAMPLED_PARENT}", "tracestate: rojo=1", "tracestate: congo=2"],
-            ),
+            "/v1.0/invoke/app/method/state",
+            [f"traceparent: {UNSAMPLED_PARENT}", "tracestate: rojo=1", "tracestate: congo=2"],
         )
-        [response] = parse_responses(raw)
         assert response.status == 200, response
         assert app_headers(response, "tracestate") == ["rojo=1,congo=2"]
 
@@ -673,26 +458,10 @@ async def test_tracestate_lines_combine_in_order(
 # -- what goes back: traceparent on every response ---------------------------------------------
 
 
-async def test_response_traceparent_names_the_span_the_app_saw(
-    collector: Collector,
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-) -> None:
+async def test_response_traceparent_names_the_span_the_app_saw(traced: Traced) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await traced_sidecar(
-            make_sidecar,
-            tmp_path,
-            {"tracing": zipkin_tracing("1", collector)},
-            app_port=echo_app.port,
-        )
-        response = await request(
-            sidecar.http_port,
-            "GET",
-            "/v1.0/invoke/app/method/x",
-            {"traceparent": SAMPLED_PARENT},
-        )
-        assert response.status == 200, response
+        sidecar = await traced("1")
+        response = await get(sidecar, "/v1.0/invoke/app/method/x", SAMPLED_PARENT)
         [seen] = app_headers(response, "traceparent")
         assert response_headers(response, "traceparent") == [seen]
         assert seen.startswith(f"00-{TRACE}-") and seen.endswith("-01")
@@ -700,30 +469,18 @@ async def test_response_traceparent_names_the_span_the_app_saw(
 
 @pytest.mark.parametrize("sent", [True, False], ids=["client-traceparent", "no-traceparent"])
 async def test_sidecar_error_response_carries_traceparent_and_an_error_span(
-    collector: Collector,
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-    sent: bool,
+    collector: Collector, traced: Traced, sent: bool
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await traced_sidecar(
-            make_sidecar,
-            tmp_path,
-            {"tracing": zipkin_tracing("1", collector)},
-            app_port=echo_app.port,
-        )
-        headers = {"traceparent": SAMPLED_PARENT} if sent else {}
-        response = await request(sidecar.http_port, "GET", "/v1.0/invoke/nowhere/method/x", headers)
-        assert response.status == 500, response
+        sidecar = await traced("1")
+        parent = SAMPLED_PARENT if sent else None
+        response = await get(sidecar, "/v1.0/invoke/nowhere/method/x", parent, status=500)
         assert response.json()["errorCode"] == "ERR_DIRECT_INVOKE"
-        trace_id, span_id, flags = single_traceparent(response_headers(response, "traceparent"))
+        trace_id, span_id, flags = returned(response)
         assert flags == "01"
         if sent:
-            assert trace_id == TRACE
-            assert span_id != PARENT
-        await eventually(lambda: bool(collector.zipkin_trace(trace_id)), what="the error span")
-        [span] = collector.zipkin_trace(trace_id)
+            assert_continues_parent((trace_id, span_id, flags), "01")
+        span = await the_span(collector, trace_id, "the error span")
         assert span["id"] == span_id
         assert span["name"] == "CallLocal/nowhere/x"
         assert span["tags"]["dapr.status_code"] == "500"
@@ -731,145 +488,59 @@ async def test_sidecar_error_response_carries_traceparent_and_an_error_span(
         assert span["tags"]["error"] == "Code(500): Internal Server Error"
 
 
-async def test_refused_request_carries_traceparent(
-    collector: Collector,
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-) -> None:
+async def test_refused_request_carries_traceparent(echo_app: EchoApp, traced: Traced) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await traced_sidecar(
-            make_sidecar,
-            tmp_path,
-            {"tracing": zipkin_tracing("0", collector)},
-            app_port=echo_app.port,
-            api_token="s3cret",
-        )
-        response = await request(
-            sidecar.http_port,
-            "GET",
-            "/v1.0/invoke/app/method/x",
-            {"traceparent": UNSAMPLED_PARENT},
-        )
-        assert response.status == 401, response
-        trace_id, span_id, flags = single_traceparent(response_headers(response, "traceparent"))
-        assert (trace_id, flags) == (TRACE, "00")
-        assert span_id != PARENT
+        sidecar = await traced("0", api_token="s3cret")
+        target = "/v1.0/invoke/app/method/x"
+        response = await get(sidecar, target, UNSAMPLED_PARENT, status=401)
+        assert_continues_parent(returned(response), "00")
         assert echo_app.seen == []
 
 
-async def test_apps_own_response_traceparent_wins(
-    collector: Collector,
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-) -> None:
+async def test_apps_own_response_traceparent_wins(traced: Traced) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await traced_sidecar(
-            make_sidecar,
-            tmp_path,
-            {"tracing": zipkin_tracing("1", collector)},
-            app_port=echo_app.port,
-        )
-        own = f"00-{'1' * 32}-{'2' * 16}-01"
-        response = await request(
-            sidecar.http_port,
-            "GET",
-            f"/v1.0/invoke/app/method/own?header=traceparent:{own}",
-            {"traceparent": SAMPLED_PARENT},
-        )
-        assert response.status == 200, response
-        assert response_headers(response, "traceparent") == [own]
-        # The app still got the sidecar's span, in the client's trace.
-        assert single_traceparent(app_headers(response, "traceparent"))[0] == TRACE
+        sidecar = await traced("1")
+        await assert_apps_own_traceparent_wins(sidecar, "app")
 
 
-async def test_metadata_response_carries_traceparent(
-    collector: Collector,
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-) -> None:
+async def test_metadata_response_carries_traceparent(collector: Collector, traced: Traced) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await traced_sidecar(
-            make_sidecar,
-            tmp_path,
-            {"tracing": zipkin_tracing("1", collector)},
-            app_port=echo_app.port,
-        )
-        response = await request(
-            sidecar.http_port, "GET", "/v1.0/metadata", {"traceparent": SAMPLED_PARENT}
-        )
-        assert response.status == 200, response
-        trace_id, span_id, flags = single_traceparent(response_headers(response, "traceparent"))
-        assert (trace_id, flags) == (TRACE, "01")
-        assert span_id != PARENT
+        sidecar = await traced("1")
+        response = await get(sidecar, "/v1.0/metadata", SAMPLED_PARENT)
+        _, span_id, _ = assert_continues_parent(returned(response), "01")
         # The span the answer names is the one exported for the request.
-        await eventually(lambda: bool(collector.zipkin_trace(TRACE)), what="the metadata span")
-        [span] = collector.zipkin_trace(TRACE)
+        span = await the_span(collector, TRACE, "the metadata span")
         assert (span["id"], span["parentId"]) == (span_id, PARENT)
         # Without a context sent, the answer names a new sampled trace.
-        fresh = await request(sidecar.http_port, "GET", "/v1.0/metadata")
-        assert fresh.status == 200, fresh
-        fresh_trace, _, fresh_flags = single_traceparent(response_headers(fresh, "traceparent"))
+        fresh = await get(sidecar, "/v1.0/metadata")
+        fresh_trace, _, fresh_flags = returned(fresh)
         assert fresh_trace != TRACE
         assert fresh_flags == "01"
 
 
-async def test_metadata_put_response_carries_traceparent(
-    collector: Collector,
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-) -> None:
+async def test_metadata_put_response_carries_traceparent(traced: Traced) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await traced_sidecar(
-            make_sidecar,
-            tmp_path,
-            {"tracing": zipkin_tracing("0", collector)},
-            app_port=echo_app.port,
-        )
-        response = await request(
-            sidecar.http_port,
-            "PUT",
-            "/v1.0/metadata/colour",
-            {"traceparent": UNSAMPLED_PARENT},
-            b"blue",
-        )
-        assert response.status == 204, response
-        trace_id, span_id, flags = single_traceparent(response_headers(response, "traceparent"))
-        assert (trace_id, flags) == (TRACE, "00")
-        assert span_id != PARENT
+        sidecar = await traced("0")
+        headers = {"traceparent": UNSAMPLED_PARENT}
+        target = "/v1.0/metadata/colour"
+        response = await fetch(sidecar.http_port, "PUT", target, headers, b"blue", status=204)
+        assert_continues_parent(returned(response), "00")
 
 
-async def test_health_checks_are_never_exported(
-    collector: Collector,
-    make_sidecar: SidecarFactory,
-    echo_app: EchoApp,
-    tmp_path: Path,
-) -> None:
+async def test_health_checks_are_never_exported(collector: Collector, traced: Traced) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await traced_sidecar(
-            make_sidecar,
-            tmp_path,
-            {"tracing": zipkin_tracing("1", collector)},
-            app_port=echo_app.port,
-        )
+        sidecar = await traced("1")
         # Not even under a sampled parent: daprd never traces health checks.
-        for target, headers, status in (
-            ("/v1.0/healthz", {}, 204),
-            ("/v1.0/healthz/outbound", {}, 204),
-            ("/v1.0/healthz", {"traceparent": SAMPLED_PARENT}, 204),
-            ("/v1.0/healthz/outbound", {"traceparent": SAMPLED_PARENT}, 204),
-            ("/v1.0/healthz?appid=other", {"traceparent": SAMPLED_PARENT}, 500),
+        for target, parent, status in (
+            ("/v1.0/healthz", None, 204),
+            ("/v1.0/healthz/outbound", None, 204),
+            ("/v1.0/healthz", SAMPLED_PARENT, 204),
+            ("/v1.0/healthz/outbound", SAMPLED_PARENT, 204),
+            ("/v1.0/healthz?appid=other", SAMPLED_PARENT, 500),
         ):
-            response = await request(sidecar.http_port, "GET", target, headers)
-            assert response.status == status, response
-            assert response_headers(response, "traceparent") == [], (target, headers)
-        marker = await flush_marker(sidecar.http_port, collector)
-        assert {span["traceId"] for span in collector.zipkin_spans()} == {marker}
-        await wait_for_spans_total(sidecar, "exported", 1)
-        assert await spans_total(sidecar, "dropped") == 0
+            response = await get(sidecar, target, parent, status=status)
+            assert response_headers(response, "traceparent") == [], (target, parent)
+        await assert_only_the_marker_is_exported(sidecar, collector)
 
 
 # -- tracing off -----------------------------------------------------------------------------
@@ -885,32 +556,24 @@ async def test_without_tracing_trace_headers_pass_through_untouched(
     spec: dict[str, Any],
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        sidecar = await traced_sidecar(make_sidecar, tmp_path, spec, app_port=echo_app.port)
+        sidecar = await observed_sidecar(make_sidecar, tmp_path, spec, app_port=echo_app.port)
         for traceparent, tracestate in (
             (SAMPLED_PARENT, "congo=t61rcWkgMzE"),
             (f"00-{TRACE.upper()}-{PARENT}-01", "Not A Valid=State"),
         ):
-            response = await request(
-                sidecar.http_port,
-                "GET",
-                "/v1.0/invoke/app/method/x",
-                {"traceparent": traceparent, "tracestate": tracestate},
-            )
-            assert response.status == 200, response
+            target = "/v1.0/invoke/app/method/x"
+            response = await get(sidecar, target, traceparent, tracestate=tracestate)
             assert app_headers(response, "traceparent") == [traceparent]
             assert app_headers(response, "tracestate") == [tracestate]
             assert response_headers(response, "traceparent") == []
         # Nothing is added when nothing is sent, on the way in or out.
-        bare = await request(sidecar.http_port, "GET", "/v1.0/invoke/app/method/x")
-        assert bare.status == 200, bare
+        bare = await get(sidecar, "/v1.0/invoke/app/method/x")
         assert app_headers(bare, "traceparent") == []
         assert app_headers(bare, "tracestate") == []
         assert response_headers(bare, "traceparent") == []
-        error = await request(sidecar.http_port, "GET", "/v1.0/invoke/nowhere/method/x")
-        assert error.status == 500, error
+        error = await get(sidecar, "/v1.0/invoke/nowhere/method/x", status=500)
         assert response_headers(error, "traceparent") == []
-        exposition = await scrape(sidecar)
-        assert sample_value(exposition, "fastproxy_spans_total") is None
+        assert (await scrape(sidecar)).find("fastproxy_spans_total") is None
 
 
 # -- exporters -------------------------------------------------------------------------------
@@ -920,13 +583,9 @@ async def test_collector_down_costs_dropped_spans_never_slow_requests(
     make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        down = Collector(port=_closed_port())
-        sidecar = await traced_sidecar(
-            make_sidecar,
-            tmp_path,
-            {"tracing": zipkin_tracing("1", down)},
-            app_port=echo_app.port,
-        )
+        down = Collector(port=closed_port())
+        spec = {"tracing": zipkin_tracing("1", down)}
+        sidecar = await observed_sidecar(make_sidecar, tmp_path, spec, app_port=echo_app.port)
         count = 20
         for index in range(count):
             started = time.monotonic()
@@ -935,24 +594,16 @@ async def test_collector_down_costs_dropped_spans_never_slow_requests(
             )
             assert response.status == 200, response
             assert time.monotonic() - started < 0.5
-            assert single_traceparent(response_headers(response, "traceparent"))[2] == "01"
+            assert returned(response)[2] == "01"
 
         await wait_for_spans_total(sidecar, "dropped", count)
         exposition = await scrape(sidecar)
-        exported = sample_value(
-            exposition, "fastproxy_spans_total", exporter=down.zipkin_url, outcome="exported"
+        exported = exposition.find(
+            "fastproxy_spans_total", exporter=down.zipkin_url, outcome="exported"
         )
         assert exported == 0
         # The sidecar keeps serving after the failed export.
-        after = await request(sidecar.http_port, "GET", "/v1.0/invoke/app/method/after")
-        assert after.status == 200, after
-
-
-def _closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+        await get(sidecar, "/v1.0/invoke/app/method/after")
 
 
 async def test_otlp_http_export_carries_the_same_spans_as_zipkin(
@@ -963,29 +614,22 @@ async def test_otlp_http_export_carries_the_same_spans_as_zipkin(
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
         tracing = {
-            "samplingRate": "1",
-            "zipkin": {"endpointAddress": collector.zipkin_url},
+            **zipkin_tracing("1", collector),
             "otel": {
                 "endpointAddress": collector.otlp_address,
                 "isSecure": False,
                 "protocol": "http",
             },
         }
-        sidecar = await traced_sidecar(
+        sidecar = await observed_sidecar(
             make_sidecar, tmp_path, {"tracing": tracing}, app_id="orders", app_port=echo_app.port
         )
-        ok = await request(
-            sidecar.http_port,
-            "GET",
-            "/v1.0/invoke/orders/method/list",
-            {"traceparent": SAMPLED_PARENT},
-        )
-        assert ok.status == 200, ok
-        failed = await request(sidecar.http_port, "GET", "/v1.0/invoke/orders/method/x?status=503")
-        assert failed.status == 503, failed
+        await get(sidecar, "/v1.0/invoke/orders/method/list", SAMPLED_PARENT)
+        await get(sidecar, "/v1.0/invoke/orders/method/x?status=503", status=503)
         await eventually(
             lambda: len(collector.otlp_spans()) == 2 and len(collector.zipkin_spans()) == 2,
-            what="two spans on each protocol",
+            EXPORT_DEADLINE,
+            "two spans on each protocol",
         )
         otlp_posts = [post for post in collector.posts if post.path == "/v1/traces"]
         assert all(post.content_type == "application/json" for post in otlp_posts)

@@ -20,8 +20,9 @@ import pytest
 
 from benchmarks import collector
 from benchmarks.collector import Collector, Connection, count_spans
+from benchmarks.obs_case import COLLECTOR_COUNTERS, ZIPKIN_PATH
+from benchmarks.probe import http_get
 from benchmarks.procs import free_port
-from benchmarks.run import COLLECTOR_COUNTERS, ZIPKIN_PATH, http_get
 
 ZIPKIN_SPAN = (
     '{"traceId":"%032x","id":"%016x","name":"CallLocal/bench/small","kind":"CLIENT",'

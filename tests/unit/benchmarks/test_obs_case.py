@@ -19,6 +19,35 @@ from typing import Any
 import pytest
 import yaml
 
+from benchmarks.cases import (
+    ALL_CASES,
+    CASE_ALIASES,
+    QUICK_CASES,
+    SPECIAL_CASES,
+    case_targets,
+    count_runs,
+    estimate_seconds,
+    plan_summary,
+    select_cases,
+    settle_overhead_s,
+    split_case,
+)
+from benchmarks.obs_case import (
+    COLLECTOR_COUNTERS,
+    OBS_CASE_NOTE,
+    OBS_CASE_TARGETS,
+    OBS_ROWS,
+    OBS_SETTLE_OVERHEAD_S,
+    ZIPKIN_PATH,
+    ObsRow,
+    check_metrics_port,
+    check_obs_row,
+    collector_counters,
+    count_run_spans,
+    obs_configuration_yaml,
+    traceparent_state,
+)
+from benchmarks.probe import BenchError
 from benchmarks.procs import free_port
 from benchmarks.report import (
     FASTPROXY,
@@ -42,38 +71,14 @@ from benchmarks.report import (
     spans_per_request,
     spans_total,
 )
-from benchmarks.run import (
-    ALL_CASES,
+from benchmarks.run import parse_args, render_markdown
+from benchmarks.targets import (
     APP_ID,
-    CASE_ALIASES,
-    COLLECTOR_COUNTERS,
     FASTPROXY_PORT_FLAGS,
     INVOKE_PREFIX,
     METRICS_OFF_FLAG,
-    OBS_CASE_NOTE,
-    OBS_CASE_TARGETS,
-    OBS_ROWS,
-    OBS_SETTLE_OVERHEAD_S,
-    QUICK_CASES,
-    SPECIAL_CASES,
-    ZIPKIN_PATH,
-    Bench,
-    BenchError,
-    ObsRow,
     Target,
-    case_targets,
-    collector_counters,
-    count_runs,
-    estimate_seconds,
     fastproxy_argv,
-    obs_configuration_yaml,
-    parse_args,
-    plan_summary,
-    render_markdown,
-    select_cases,
-    settle_overhead_s,
-    split_case,
-    traceparent_state,
 )
 
 ALL_TARGETS = ["direct", NGINX, "byte-relay", FASTPROXY]
@@ -508,10 +513,10 @@ METRICS = (
 def test_check_obs_row(row: str, fake: FakeSidecar, error: str | None) -> None:
     with _sidecar(fake) as target:
         if error is None:
-            Bench.check_obs_row(target, OBS_ROWS[row])
+            check_obs_row(target, OBS_ROWS[row])
         else:
             with pytest.raises(BenchError, match=error):
-                Bench.check_obs_row(target, OBS_ROWS[row])
+                check_obs_row(target, OBS_ROWS[row])
 
 
 def test_port_closed_really_is() -> None:
@@ -522,7 +527,7 @@ def test_port_closed_really_is() -> None:
         s.listen(1)
         target = Target(FASTPROXY_OBS_OFF, port, INVOKE_PREFIX, None, metrics_port=port)
         with pytest.raises(BenchError, match="metrics are off"):
-            Bench._check_metrics_port(target, OBS_ROWS[FASTPROXY_OBS_OFF])
+            check_metrics_port(target, OBS_ROWS[FASTPROXY_OBS_OFF])
 
 
 # --------------------------------------------------------------------------- span figures
@@ -541,7 +546,7 @@ def _counters(requests: int, spans: int, invalid: int = 0) -> dict[str, int]:
 def test_count_spans_fills_the_figures() -> None:
     m = _m(FASTPROXY_TRACED, 20.0, requests=100_000)
     target = Target(FASTPROXY_TRACED, 1, INVOKE_PREFIX, None, collector_port=2)
-    Bench._count_spans(
+    count_run_spans(
         m, target, _counters(10, 5_000), _counters(210, 104_800), _counters(211, 105_030)
     )
     assert (m.spans_received, m.spans_late) == (99_800, 230)
@@ -562,7 +567,7 @@ def test_count_spans_refuses_a_row_that_exports_nothing(
     m = _m(FASTPROXY_TRACED, 20.0)
     target = Target(FASTPROXY_TRACED, 1, INVOKE_PREFIX, None, collector_port=2)
     with pytest.raises(BenchError, match=error):
-        Bench._count_spans(m, target, before, after, settled)
+        count_run_spans(m, target, before, after, settled)
 
 
 @pytest.mark.parametrize(

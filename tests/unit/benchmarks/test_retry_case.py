@@ -13,6 +13,18 @@ import pytest
 import yaml
 
 from benchmarks import nginx_conf
+from benchmarks.cases import (
+    ALL_CASES,
+    PLAIN_CASES,
+    QUICK_CASES,
+    case_targets,
+    count_runs,
+    plan_summary,
+    select_cases,
+    split_case,
+)
+from benchmarks.measure import fill_from_wrk
+from benchmarks.probe import BenchError
 from benchmarks.report import (
     COUNT_CONNECTION,
     COUNT_PROCESS,
@@ -38,26 +50,16 @@ from benchmarks.report import (
     retry_figures,
     retry_verdict,
 )
-from benchmarks.run import (
-    ALL_CASES,
-    APP_ID,
-    PLAIN_CASES,
-    QUICK_CASES,
+from benchmarks.retry_case import (
     RESILIENCY_YAML,
     RETRY_CASE_NOTE,
     RETRY_CASE_TARGETS,
     RETRY_FAIL_EVERY,
     RETRY_ROW_APPS,
-    Bench,
-    BenchError,
     app_counters,
-    case_targets,
-    count_runs,
     flaky_app_name,
-    plan_summary,
-    select_cases,
-    split_case,
 )
+from benchmarks.targets import APP_ID
 from benchmarks.wrkparse import parse_wrk_output
 
 # wrk's format with both error lines, as printed for a run where 503s reached the client.
@@ -218,7 +220,7 @@ def test_app_counters() -> None:
 def test_client_errors_from_wrk_output() -> None:
     r = parse_wrk_output(WRK_WITH_ERRORS)
     m = _m(FASTPROXY_RETRY, r.rps, requests=r.requests)
-    Bench._fill(m, r)
+    fill_from_wrk(m, r)
     assert (m.non_2xx_3xx, m.socket_errors) == (1205, 3)
     assert client_errors(m) == 1208
     assert m.requests == 104_197

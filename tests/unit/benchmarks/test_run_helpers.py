@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 
 from benchmarks import nginx_conf
-from benchmarks.run import (
+from benchmarks.cases import (
     ALL_CASES,
     QUICK_CASES,
     estimate_seconds,
-    parse_args,
     select_cases,
     select_targets,
     split_case,
 )
+from benchmarks.run import parse_args
 
 
 @pytest.mark.parametrize(

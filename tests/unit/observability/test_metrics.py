@@ -17,7 +17,6 @@ from fastproxy.observability.metrics import (
     OTHER,
     Counter,
     CounterFunc,
-    Gauge,
     GaugeFunc,
     Histogram,
     Metric,
@@ -62,9 +61,9 @@ def test_counter_name_is_rendered_as_given_without_a_total_suffix() -> None:
 
 
 def test_unlabelled_metrics_show_a_zero_sample_before_anything_is_recorded() -> None:
-    assert text(Counter("hits", "Hits."), Gauge("open", "Open.")) == (
+    assert text(Counter("hits", "Hits."), Counter("misses", "Misses.")) == (
         "# HELP hits Hits.\n# TYPE hits counter\nhits 0\n"
-        "# HELP open Open.\n# TYPE open gauge\nopen 0\n"
+        "# HELP misses Misses.\n# TYPE misses counter\nmisses 0\n"
     )
 
 
@@ -72,13 +71,14 @@ def test_labelled_metric_without_series_renders_only_its_header() -> None:
     assert text(Counter("c", "C.", ("a",))) == "# HELP c C.\n# TYPE c counter\n"
 
 
-def test_gauge_set_inc_dec_render_as_numbers() -> None:
-    gauge = Gauge("pool_size", "Connections in the pool.", ("endpoint",))
-    gauge.labels("a").set(3)
-    gauge.labels("b").set(2.5)
-    gauge.labels("b").inc()
-    gauge.labels("c").inc(4)
-    gauge.labels("c").dec(1.5)
+def test_gauge_read_at_scrape_time_renders_numbers() -> None:
+    sizes = {"a": 3.0, "b": 3.5, "c": 2.5}
+    gauge = GaugeFunc(
+        "pool_size",
+        "Connections in the pool.",
+        ("endpoint",),
+        lambda: [((endpoint,), size) for endpoint, size in sizes.items()],
+    )
 
     assert text(gauge) == (
         "# HELP pool_size Connections in the pool.\n"
@@ -288,16 +288,6 @@ def test_a_label_set_spelled_like_the_overflow_series_joins_it() -> None:
     assert text(counter).count('c{a="_other"}') == 1
 
 
-def test_gauge_counts_look_ups_that_were_folded() -> None:
-    gauge = Gauge("g", "G.", ("k",), max_series=1)
-    gauge.labels("a").set(1)
-    gauge.labels("b").inc(2)
-    gauge.labels("c").inc(3)
-
-    assert gauge.folded() == 2
-    assert text(gauge) == '# HELP g G.\n# TYPE g gauge\ng{k="a"} 1\ng{k="_other"} 5\n'
-
-
 def test_registry_reports_folded_observations_over_all_metrics() -> None:
     registry = Registry()
     counter = registry.register(Counter("c", "C.", ("a",), max_series=1))
@@ -359,7 +349,7 @@ def test_registry_refuses_a_second_metric_of_the_same_name() -> None:
     registry.register(Counter("c", "C."))
 
     with pytest.raises(ValueError, match="already registered"):
-        registry.register(Gauge("c", "C."))
+        registry.register(Counter("c", "Another."))
 
 
 @pytest.mark.parametrize(
