@@ -15,6 +15,7 @@ from fastproxy.resiliency.breaker import BreakerState
 
 if TYPE_CHECKING:
     from fastproxy.context import SidecarContext
+    from fastproxy.upstream.pool import Pool
 
 Series = Iterable[tuple[tuple[str, ...], float]]
 
@@ -29,21 +30,21 @@ BREAKER_STATE_VALUES: dict[BreakerState, float] = {
 def add_gauges(ctx: SidecarContext, metrics: DaprMetrics) -> None:
     """Register fastproxy's scrape-time series on `metrics`."""
 
+    def pools() -> list[Pool]:
+        return [*ctx.forwarder.pools, *ctx.peer_pools.pools]
+
     def connections() -> Series:
         return [((), float(len(ctx.connections)))]
 
     def pool_connections() -> Series:
         out: list[tuple[tuple[str, ...], float]] = []
-        for pool in (*ctx.forwarder.pools, *ctx.peer_pools.pools):
+        for pool in pools():
             out.append(((pool.name, "open"), float(pool.open_count)))
             out.append(((pool.name, "idle"), float(pool.idle_count)))
         return out
 
     def pool_waiting() -> Series:
-        return [
-            ((pool.name,), float(pool.waiting_count))
-            for pool in (*ctx.forwarder.pools, *ctx.peer_pools.pools)
-        ]
+        return [((pool.name,), float(pool.waiting_count)) for pool in pools()]
 
     def resolver_cache() -> Series:
         stats = ctx.resolver_cache.stats
@@ -60,10 +61,7 @@ def add_gauges(ctx: SidecarContext, metrics: DaprMetrics) -> None:
         return [((app,), float(count)) for app, count in ctx.remote_apps.ejections()]
 
     def pool_waits() -> Series:
-        return [
-            ((pool.name,), float(pool.waits))
-            for pool in (*ctx.forwarder.pools, *ctx.peer_pools.pools)
-        ]
+        return [((pool.name,), float(pool.waits)) for pool in pools()]
 
     def breakers() -> Series:
         return [

@@ -345,11 +345,6 @@ class Registry:
         """Observations, over all metrics, folded into `_other` series."""
         return sum(metric.folded() for metric in self._metrics.values())
 
-    def folded_by_metric(self) -> dict[str, int]:
-        """The metrics that folded anything, and how much."""
-        counts = {name: metric.folded() for name, metric in self._metrics.items()}
-        return {name: count for name, count in counts.items() if count}
-
     def render(self) -> bytes:
         out: list[str] = []
         for metric in self._metrics.values():
