@@ -251,26 +251,78 @@ def retry_policy(max_retries: int, **extra: Any) -> dict[str, Any]:
     return {**FAST_RETRY, "maxRetries": max_retries, **extra}
 
 
+def policy(
+    *,
+    timeout: str | None = None,
+    retry: dict[str, Any] | None = None,
+    target: str = "app",
+    **document: Any,
+) -> dict[str, Any]:
+    """A Resiliency whose one target (app id `target`) has this timeout and/or retry;
+    `document` goes on to `resiliency` (name, scopes)."""
+    policies: dict[str, Any] = {}
+    chosen: dict[str, str] = {}
+    if timeout is not None:
+        policies["timeouts"] = {"t": timeout}
+        chosen["timeout"] = "t"
+    if retry is not None:
+        policies["retries"] = {"r": retry}
+        chosen["retry"] = "r"
+    return resiliency(policies, {target: chosen}, **document)
+
+
+def constant(duration: str, max_retries: int) -> dict[str, Any]:
+    return {"policy": "constant", "duration": duration, "maxRetries": max_retries}
+
+
+FrontFactory = Callable[..., Awaitable[tuple[FaultyApp, Sidecar]]]
+
+
+@pytest.fixture(name="front")
+def front_fixture(
+    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
+) -> FrontFactory:
+    """`await front(*documents, default=..., **settings)`: a faulty app answering
+    `default` unless scripted, and a sidecar in front of it with `documents`."""
+
+    async def make(
+        *documents: dict[str, Any], default: Action = OK, **settings: Any
+    ) -> tuple[FaultyApp, Sidecar]:
+        app = await make_app(default)
+        return app, await sidecar_for(make_sidecar, app, tmp_path, *documents, **settings)
+
+    return make
+
+
+def assert_answered(reply: Reply, method: str, target: str, body: bytes = b"") -> None:
+    """The reply is the app's default 200 for this request, passed on byte for byte."""
+    assert reply.raw == raw_reply("HTTP/1.1 200 OK", [], describe(method, target, body)), reply
+
+
+def assert_outcome(reply: Reply, app: FaultyApp, status: int, attempts: int) -> None:
+    """The client got `status`, after the app had seen `attempts` requests in all."""
+    assert reply.status == status, reply
+    assert len(app.seen) == attempts, app.seen
+
+
+def trail(app: FaultyApp, *fields: str) -> list[tuple[Any, ...]]:
+    """What the app saw: one tuple of the `Seen` fields named, per request."""
+    return [tuple(getattr(seen, field) for field in fields) for seen in app.seen]
+
+
 # == 1. retries on failure statuses ===========================================================
 
 
 async def test_retry_on_503_delivers_the_same_post_until_the_app_recovers(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
+    front: FrontFactory,
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(
-            make_sidecar,
-            app,
-            tmp_path,
-            resiliency({"retries": {"three": retry_policy(3)}}, {"app": {"retry": "three"}}),
-        )
+        app, sidecar = await front(policy(retry=retry_policy(3)))
         app.fail(2)
         body = pattern(5000, 1)
         reply = await call(sidecar.http_port, "POST", f"{APP}/orders?id=7", body)
-        assert reply.status == 200, reply
+        assert_outcome(reply, app, 200, 3)
         assert reply.body == describe("POST", "/orders?id=7", body)
-        assert len(app.seen) == 3
         assert app.bodies == [body] * 3
         first = app.seen[0]
         for again in app.seen[1:]:
@@ -282,16 +334,10 @@ async def test_retry_on_503_delivers_the_same_post_until_the_app_recovers(
 
 
 async def test_last_retry_passes_the_apps_own_error_response_unchanged(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
+    front: FrontFactory,
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(
-            make_sidecar,
-            app,
-            tmp_path,
-            resiliency({"retries": {"once": retry_policy(1)}}, {"app": {"retry": "once"}}),
-        )
+        app, sidecar = await front(policy(retry=retry_policy(1)))
         last_headers = [("Retry-After", "7"), ("X-Attempt", "2"), ("Content-Type", "text/x")]
         app.then(
             answer(503, b"first attempt", (("X-Attempt", "1"),)),
@@ -320,106 +366,62 @@ async def test_last_retry_passes_the_apps_own_error_response_unchanged(
     ],
 )
 async def test_matching_http_status_codes_limit_what_is_retried(
-    make_sidecar: SidecarFactory,
-    make_app: AppFactory,
-    tmp_path: Path,
-    status: int,
-    retried: bool,
+    front: FrontFactory, status: int, retried: bool
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        policy = retry_policy(3, matching={"httpStatusCodes": "500-502"})
-        sidecar = await sidecar_for(
-            make_sidecar,
-            app,
-            tmp_path,
-            resiliency({"retries": {"some": policy}}, {"app": {"retry": "some"}}),
+        app, sidecar = await front(
+            policy(retry=retry_policy(3, matching={"httpStatusCodes": "500-502"}))
         )
         app.fail(1, status)
         reply = await call(sidecar.http_port, "POST", f"{APP}/m", b"body")
         if retried:
-            assert reply.status == 200, reply
-            assert len(app.seen) == 2
+            assert_outcome(reply, app, 200, 2)
         else:
-            assert reply.status == status, reply
+            assert_outcome(reply, app, status, 1)
             assert reply.body == b"failure %d" % status
-            assert len(app.seen) == 1
 
 
-async def test_exponential_retry_waits_about_half_a_second_first(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
-) -> None:
+async def test_exponential_retry_waits_about_half_a_second_first(front: FrontFactory) -> None:
     """Dapr's exponential back-off starts at 500 ms, spread by +-50 %."""
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        policy = {"policy": "exponential", "maxInterval": "1s", "maxRetries": 1}
-        sidecar = await sidecar_for(
-            make_sidecar,
-            app,
-            tmp_path,
-            resiliency({"retries": {"exp": policy}}, {"app": {"retry": "exp"}}),
+        app, sidecar = await front(
+            policy(retry={"policy": "exponential", "maxInterval": "1s", "maxRetries": 1})
         )
         app.fail(1)
         reply = await call(sidecar.http_port, "GET", f"{APP}/e")
-        assert reply.status == 200, reply
+        assert_outcome(reply, app, 200, 2)
         assert 0.25 <= reply.elapsed < 0.75 + MARGIN, reply
-        assert len(app.seen) == 2
 
 
 async def test_dropped_failure_framed_by_the_apps_close_is_retried_on_a_new_connection(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
+    front: FrontFactory,
 ) -> None:
     """A 503 without Content-Length ends where the app closes: read to that end, dropped."""
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(
-            make_sidecar,
-            app,
-            tmp_path,
-            resiliency({"retries": {"once": retry_policy(1)}}, {"app": {"retry": "once"}}),
-        )
+        app, sidecar = await front(policy(retry=retry_policy(1)))
         app.then(answer(503, b"no length " * 500, eof_framed=True))
         async with connected(Client, sidecar.http_port) as client:
-            reply = await client.call("PUT", f"{APP}/eof", b"v")
-            assert reply.raw == raw_reply("HTTP/1.1 200 OK", [], describe("PUT", "/eof", b"v"))
+            assert_answered(await client.call("PUT", f"{APP}/eof", b"v"), "PUT", "/eof", b"v")
             again = await client.call("GET", f"{APP}/again")
             assert again.body == describe("GET", "/again", b"")
-        assert [(s.conn, s.target) for s in app.seen] == [(1, "/eof"), (2, "/eof"), (2, "/again")]
+        assert trail(app, "conn", "target") == [(1, "/eof"), (2, "/eof"), (2, "/again")]
 
 
-async def test_head_request_is_retried_like_any_other(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
-) -> None:
+async def test_head_request_is_retried_like_any_other(front: FrontFactory) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(
-            make_sidecar,
-            app,
-            tmp_path,
-            resiliency({"retries": {"once": retry_policy(1)}}, {"app": {"retry": "once"}}),
-        )
+        app, sidecar = await front(policy(retry=retry_policy(1)))
         app.then(answer(503, b"unavailable"), answer(200, b"twelve bytes"))
         async with connected(Client, sidecar.http_port) as client:
             await client.send(b"HEAD /v1.0/invoke/app/method/h HTTP/1.1\r\nHost: x\r\n\r\n")
             head = await client.reader.readuntil(b"\r\n\r\n")
             assert head == b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n"
-            again = await client.call("GET", f"{APP}/after")
-            assert again.raw == raw_reply("HTTP/1.1 200 OK", [], describe("GET", "/after", b""))
-        assert [(s.method, s.conn) for s in app.seen] == [("HEAD", 1), ("HEAD", 1), ("GET", 1)]
+            assert_answered(await client.call("GET", f"{APP}/after"), "GET", "/after")
+        assert trail(app, "method", "conn") == [("HEAD", 1), ("HEAD", 1), ("GET", 1)]
 
 
-async def test_client_leaving_during_the_backoff_cancels_the_retry(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
-) -> None:
+async def test_client_leaving_during_the_backoff_cancels_the_retry(front: FrontFactory) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        policy = {"policy": "constant", "duration": "400ms", "maxRetries": 3}
-        sidecar = await sidecar_for(
-            make_sidecar,
-            app,
-            tmp_path,
-            resiliency({"retries": {"slow": policy}}, {"app": {"retry": "slow"}}),
-        )
+        app, sidecar = await front(policy(retry=constant("400ms", 3)))
         app.fail(1)
         client = await Client.open(sidecar.http_port)
         await client.send(b"GET /v1.0/invoke/app/method/gone HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -433,24 +435,15 @@ async def test_client_leaving_during_the_backoff_cancels_the_retry(
         # The sidecar is fine: the next call is retried as usual.
         app.fail(1)
         reply = await call(sidecar.http_port, "GET", f"{APP}/next")
-        assert reply.status == 200, reply
-        assert len(app.seen) == 3
+        assert_outcome(reply, app, 200, 3)
 
 
 # == 2. no retry can deliver a request twice that cannot be replayed whole ===================
 
 
-async def test_chunked_post_getting_503_is_not_retried(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
-) -> None:
+async def test_chunked_post_getting_503_is_not_retried(front: FrontFactory) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(
-            make_sidecar,
-            app,
-            tmp_path,
-            resiliency({"retries": {"many": retry_policy(5)}}, {"app": {"retry": "many"}}),
-        )
+        app, sidecar = await front(policy(retry=retry_policy(5)))
         app.fail(3)
         body = pattern(3000, 2)
         reply = await call(sidecar.http_port, "POST", f"{APP}/stream", body, chunked=True)
@@ -469,20 +462,10 @@ async def test_chunked_post_getting_503_is_not_retried(
     ],
 )
 async def test_only_bodies_up_to_64kib_are_retried(
-    make_sidecar: SidecarFactory,
-    make_app: AppFactory,
-    tmp_path: Path,
-    size: int,
-    retried: bool,
+    front: FrontFactory, size: int, retried: bool
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(
-            make_sidecar,
-            app,
-            tmp_path,
-            resiliency({"retries": {"many": retry_policy(5)}}, {"app": {"retry": "many"}}),
-        )
+        app, sidecar = await front(policy(retry=retry_policy(5)))
         app.fail(1)
         body = pattern(size, 3)
         reply = await call(sidecar.http_port, "PUT", f"{APP}/big", body)
@@ -506,16 +489,10 @@ async def test_only_bodies_up_to_64kib_are_retried(
     ],
 )
 async def test_timeout_answers_deadline_exceeded_and_closes_the_stalled_connection(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path, late: Action
+    front: FrontFactory, late: Action
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(
-            make_sidecar,
-            app,
-            tmp_path,
-            resiliency({"timeouts": {"short": "300ms"}}, {"app": {"timeout": "short"}}),
-        )
+        app, sidecar = await front(policy(timeout="300ms"))
         app.then(late)
         async with connected(Client, sidecar.http_port) as client:
             reply = await client.call("POST", f"{APP}/slow", b"first")
@@ -523,52 +500,28 @@ async def test_timeout_answers_deadline_exceeded_and_closes_the_stalled_connecti
             assert 0.3 <= reply.elapsed < 0.3 + MARGIN, reply
             await app.wait_closed(1)
             # The next request on the same client connection: its own answer, new connection.
-            again = await client.call("GET", f"{APP}/next")
-            assert again.raw == raw_reply("HTTP/1.1 200 OK", [], describe("GET", "/next", b""))
+            assert_answered(await client.call("GET", f"{APP}/next"), "GET", "/next")
             await asyncio.sleep(0.6)  # past the late answer's time: nothing else arrives
-            third = await client.call("GET", f"{APP}/third")
-            assert third.raw == raw_reply("HTTP/1.1 200 OK", [], describe("GET", "/third", b""))
-        assert [(s.conn, s.target) for s in app.seen] == [(1, "/slow"), (2, "/next"), (2, "/third")]
+            assert_answered(await client.call("GET", f"{APP}/third"), "GET", "/third")
+        assert trail(app, "conn", "target") == [(1, "/slow"), (2, "/next"), (2, "/third")]
 
 
-async def test_timeout_with_retry_gets_the_next_attempts_answer(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
-) -> None:
+async def test_timeout_with_retry_gets_the_next_attempts_answer(front: FrontFactory) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(
-            make_sidecar,
-            app,
-            tmp_path,
-            resiliency(
-                {"timeouts": {"short": "300ms"}, "retries": {"twice": retry_policy(2)}},
-                {"app": {"timeout": "short", "retry": "twice"}},
-            ),
-        )
+        app, sidecar = await front(policy(timeout="300ms", retry=retry_policy(2)))
         app.then(stall())
         body = pattern(2000, 4)
         reply = await call(sidecar.http_port, "POST", f"{APP}/s", body)
         assert reply.status == 200, reply
         assert reply.body == describe("POST", "/s", body)
         assert 0.3 <= reply.elapsed < 0.3 + MARGIN, reply
-        assert [(s.conn, s.body) for s in app.seen] == [(1, body), (2, body)]
+        assert trail(app, "conn", "body") == [(1, body), (2, body)]
         await app.wait_closed(1)
 
 
-async def test_timeout_is_per_attempt_and_every_attempt_may_time_out(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
-) -> None:
+async def test_timeout_is_per_attempt_and_every_attempt_may_time_out(front: FrontFactory) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app(stall())
-        sidecar = await sidecar_for(
-            make_sidecar,
-            app,
-            tmp_path,
-            resiliency(
-                {"timeouts": {"short": "200ms"}, "retries": {"twice": retry_policy(2)}},
-                {"app": {"timeout": "short", "retry": "twice"}},
-            ),
-        )
+        app, sidecar = await front(policy(timeout="200ms", retry=retry_policy(2)), default=stall())
         reply = await call(sidecar.http_port, "GET", f"{APP}/never")
         assert_invoke_error(reply, "context deadline exceeded")
         # Three attempts of 200 ms each, not one deadline for the whole call.
@@ -590,29 +543,30 @@ async def test_timeout_is_per_attempt_and_every_attempt_may_time_out(
     ],
 )
 async def test_broken_attempt_before_any_byte_reached_the_client_is_retried(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path, breaks: Action
+    front: FrontFactory, breaks: Action
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(
-            make_sidecar,
-            app,
-            tmp_path,
-            resiliency({"retries": {"once": retry_policy(1)}}, {"app": {"retry": "once"}}),
-        )
+        app, sidecar = await front(policy(retry=retry_policy(1)))
         app.then(breaks)
         body = pattern(1000, 5)
         async with connected(Client, sidecar.http_port) as client:
-            reply = await client.call("POST", f"{APP}/b", body)
-            assert reply.raw == raw_reply("HTTP/1.1 200 OK", [], describe("POST", "/b", body))
+            assert_answered(await client.call("POST", f"{APP}/b", body), "POST", "/b", body)
             # Exactly one retry, and one answer for one request: nothing more follows.
             assert not await client.closed(0.3)
-            assert [(s.conn, s.target) for s in app.seen] == [(1, "/b"), (2, "/b")]
-            again = await client.call("GET", f"{APP}/after")
-            assert again.raw == raw_reply("HTTP/1.1 200 OK", [], describe("GET", "/after", b""))
+            assert trail(app, "conn", "target") == [(1, "/b"), (2, "/b")]
+            assert_answered(await client.call("GET", f"{APP}/after"), "GET", "/after")
         assert [s.conn for s in app.seen] == [1, 2, 2]
         assert app.bodies[1] == body
         assert app.bodies[0] in (None, body)
+
+
+async def assert_cut_off(client: Client, target: str, status: int, body: bytes) -> None:
+    """A GET whose reply stops after `body` with `status`, and the client connection closes."""
+    reply = await client.call("GET", target)
+    assert reply.status == status, reply
+    assert not reply.complete
+    assert reply.body == body
+    assert await client.closed()
 
 
 # A sidecar whose target has no retry policy: none at all, or a timeout only.
@@ -620,83 +574,52 @@ WITHOUT_RETRY_POLICY = pytest.mark.parametrize(
     "documents",
     [
         pytest.param((), id="no-resiliency"),
-        pytest.param(
-            (resiliency({"timeouts": {"long": "5s"}}, {"app": {"timeout": "long"}}),),
-            id="timeout-only",
-        ),
+        pytest.param((policy(timeout="5s"),), id="timeout-only"),
     ],
 )
 
 
 @WITHOUT_RETRY_POLICY
 async def test_reset_without_retry_policy_is_500_and_the_connection_goes_on(
-    make_sidecar: SidecarFactory,
-    make_app: AppFactory,
-    tmp_path: Path,
-    documents: tuple[dict[str, Any], ...],
+    front: FrontFactory, documents: tuple[dict[str, Any], ...]
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(make_sidecar, app, tmp_path, *documents)
+        app, sidecar = await front(*documents)
         app.then(reset())
         async with connected(Client, sidecar.http_port) as client:
             reply = await client.call("POST", f"{APP}/r", b"data")
             assert reply.status == 500, reply
             assert reply.json()["errorCode"] == "ERR_DIRECT_INVOKE", reply
             again = await client.call("POST", f"{APP}/after", b"more")
-            assert again.raw == raw_reply(
-                "HTTP/1.1 200 OK", [], describe("POST", "/after", b"more")
-            )
-        assert [(s.conn, s.target) for s in app.seen] == [(1, "/r"), (2, "/after")]
+            assert_answered(again, "POST", "/after", b"more")
+        assert trail(app, "conn", "target") == [(1, "/r"), (2, "/after")]
 
 
 @WITHOUT_RETRY_POLICY
 async def test_response_dying_after_its_head_went_out_cuts_the_client_off(
-    make_sidecar: SidecarFactory,
-    make_app: AppFactory,
-    tmp_path: Path,
-    documents: tuple[dict[str, Any], ...],
+    front: FrontFactory, documents: tuple[dict[str, Any], ...]
 ) -> None:
     """Without a retry the head is passed on at once; a body that never ends cannot be
     completed, so the client connection is closed rather than left waiting or reused."""
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(make_sidecar, app, tmp_path, *documents)
+        app, sidecar = await front(*documents)
         app.then(answer(200, b"warm"), die(503, b"y" * 100, sent=10))
         async with connected(Client, sidecar.http_port) as client:
-            warm = await client.call("GET", f"{APP}/warm")
-            assert warm.body == b"warm"
-            reply = await client.call("GET", f"{APP}/dies")
-            assert reply.status == 503, reply
-            assert not reply.complete
-            assert reply.body == b"y" * 10
-            assert await client.closed()
-        after = await call(sidecar.http_port, "GET", f"{APP}/after")
-        assert after.raw == raw_reply("HTTP/1.1 200 OK", [], describe("GET", "/after", b""))
-        assert [(s.conn, s.target) for s in app.seen] == [(1, "/warm"), (1, "/dies"), (2, "/after")]
+            assert (await client.call("GET", f"{APP}/warm")).body == b"warm"
+            await assert_cut_off(client, f"{APP}/dies", 503, b"y" * 10)
+        assert_answered(await call(sidecar.http_port, "GET", f"{APP}/after"), "GET", "/after")
+        assert trail(app, "conn", "target") == [(1, "/warm"), (1, "/dies"), (2, "/after")]
 
 
-async def test_pooled_connection_not_reused_after_partial_response(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
-) -> None:
+async def test_pooled_connection_not_reused_after_partial_response(front: FrontFactory) -> None:
     """A 503 that stops mid-body and stalls: the timeout ends it, the retry goes to a new
     connection, and the stalled one is closed for good (the app counts connections)."""
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(
-            make_sidecar,
-            app,
-            tmp_path,
-            resiliency(
-                {"timeouts": {"short": "300ms"}, "retries": {"once": retry_policy(1)}},
-                {"app": {"timeout": "short", "retry": "once"}},
-            ),
-        )
+        app, sidecar = await front(policy(timeout="300ms", retry=retry_policy(1)))
         app.then(answer(200, b"warm"), partial(503, b"z" * 100, sent=40))
         async with connected(Client, sidecar.http_port) as client:
             assert (await client.call("GET", f"{APP}/warm")).body == b"warm"
-            reply = await client.call("GET", f"{APP}/p")
-            assert reply.raw == raw_reply("HTTP/1.1 200 OK", [], describe("GET", "/p", b""))
+            assert_answered(await client.call("GET", f"{APP}/p"), "GET", "/p")
             await app.wait_closed(1)
             for n in range(3):
                 more = await client.call("GET", f"{APP}/more{n}")
@@ -706,53 +629,33 @@ async def test_pooled_connection_not_reused_after_partial_response(
 
 
 async def test_partial_response_passed_on_then_timed_out_closes_both_sides(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
+    front: FrontFactory,
 ) -> None:
     """The head reached the client, so the attempt cannot be retried: the client's
     connection is cut, and the upstream connection that stalled mid-body is not pooled."""
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(
-            make_sidecar,
-            app,
-            tmp_path,
-            resiliency(
-                {"timeouts": {"short": "300ms"}, "retries": {"once": retry_policy(1)}},
-                {"app": {"timeout": "short", "retry": "once"}},
-            ),
-        )
+        app, sidecar = await front(policy(timeout="300ms", retry=retry_policy(1)))
         app.then(partial(200, b"w" * 100, sent=30))
         async with connected(Client, sidecar.http_port) as client:
-            reply = await client.call("GET", f"{APP}/p")
-            assert reply.status == 200, reply
-            assert not reply.complete
-            assert reply.body == b"w" * 30
-            assert await client.closed()
+            await assert_cut_off(client, f"{APP}/p", 200, b"w" * 30)
         await app.wait_closed(1)
         after = await call(sidecar.http_port, "GET", f"{APP}/after")
         assert after.body == describe("GET", "/after", b"")
-        assert [(s.conn, s.target) for s in app.seen] == [(1, "/p"), (2, "/after")]
+        assert trail(app, "conn", "target") == [(1, "/p"), (2, "/after")]
 
 
 async def test_dropped_failure_is_read_to_its_end_and_its_connection_reused(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
+    front: FrontFactory,
 ) -> None:
     """A 503 the sidecar will retry, whose body arrives in two parts: none of it reaches
     the client, and the connection it came on serves the retry."""
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(
-            make_sidecar,
-            app,
-            tmp_path,
-            resiliency({"retries": {"once": retry_policy(1)}}, {"app": {"retry": "once"}}),
-        )
+        app, sidecar = await front(policy(retry=retry_policy(1)))
         app.then(partial(503, b"BAD!" * 1000, sent=1000, rest_after=0.1))
         async with connected(Client, sidecar.http_port) as client:
-            reply = await client.call("POST", f"{APP}/d", b"abc")
-            assert reply.raw == raw_reply("HTTP/1.1 200 OK", [], describe("POST", "/d", b"abc"))
+            assert_answered(await client.call("POST", f"{APP}/d", b"abc"), "POST", "/d", b"abc")
             assert not await client.closed(0.2)
-        assert [(s.conn, s.body) for s in app.seen] == [(1, b"abc"), (1, b"abc")]
+        assert trail(app, "conn", "body") == [(1, b"abc"), (1, b"abc")]
 
 
 @pytest.mark.parametrize(
@@ -764,25 +667,13 @@ async def test_dropped_failure_is_read_to_its_end_and_its_connection_reused(
     ids=["at-once-keeps-the-connection", "after-a-wait-gives-it-back"],
 )
 async def test_retry_at_once_goes_out_on_the_connection_that_answered(
-    make_sidecar: SidecarFactory,
-    make_app: AppFactory,
-    tmp_path: Path,
-    duration: str,
-    order: list[bytes],
+    front: FrontFactory, duration: str, order: list[bytes]
 ) -> None:
     """With one upstream connection allowed and a second request waiting for it, a retry
     due at once is sent on the connection whose dropped 503 was just read (ahead of the
     waiting request); a retry after a backoff gives the connection to the waiter first."""
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        policy = {"policy": "constant", "duration": duration, "maxRetries": 1}
-        sidecar = await sidecar_for(
-            make_sidecar,
-            app,
-            tmp_path,
-            resiliency({"retries": {"once": policy}}, {"app": {"retry": "once"}}),
-            upstream_max_connections=1,
-        )
+        app, sidecar = await front(policy(retry=constant(duration, 1)), upstream_max_connections=1)
         app.then(answer(503, b"busy", delay=0.3))
         first = asyncio.create_task(call(sidecar.http_port, "POST", f"{APP}/r", b"first"))
         await asyncio.sleep(0.1)
@@ -794,19 +685,13 @@ async def test_retry_at_once_goes_out_on_the_connection_that_answered(
 
 
 async def test_timeout_still_applies_when_a_stale_pooled_connection_is_replayed(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
+    front: FrontFactory,
 ) -> None:
     """A GET on a pooled connection the app drops unanswered is sent again on a fresh one
     (fastproxy's own replay of a stale keep-alive connection); that attempt is bounded by
     the timeout like any other."""
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(
-            make_sidecar,
-            app,
-            tmp_path,
-            resiliency({"timeouts": {"short": "300ms"}}, {"app": {"timeout": "short"}}),
-        )
+        app, sidecar = await front(policy(timeout="300ms"))
         app.then(answer(200, b"warm"), reset(), stall())
         async with connected(Client, sidecar.http_port) as client:
             assert (await client.call("GET", f"{APP}/warm")).body == b"warm"
@@ -816,7 +701,7 @@ async def test_timeout_still_applies_when_a_stale_pooled_connection_is_replayed(
                 pytest.fail("no answer 3 s after a 300 ms timeout: the replay has no deadline")
             assert_invoke_error(reply, "context deadline exceeded")
             assert reply.elapsed < 0.3 + MARGIN, reply
-        assert [(s.conn, s.target) for s in app.seen] == [
+        assert trail(app, "conn", "target") == [
             (1, "/warm"),
             (1, "/replayed"),
             (2, "/replayed"),
@@ -829,10 +714,7 @@ async def test_app_refusing_connections_is_retried_until_it_listens(
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
         port = closed_port()
-        documents = []
-        if retry:
-            policy = {"policy": "constant", "duration": "200ms", "maxRetries": 5}
-            documents.append(resiliency({"retries": {"slow": policy}}, {"app": {"retry": "slow"}}))
+        documents = [policy(retry=constant("200ms", 5))] if retry else []
         folder = write_resources(tmp_path / "resources", *documents)
         sidecar = await make_sidecar(app_port=port, resources_paths=(str(folder),))
 
@@ -878,17 +760,21 @@ async def assert_open(port: int, target: str) -> None:
     assert reply.elapsed < PROMPT, reply
 
 
+async def trip(port: int, target: str) -> None:
+    """Two GETs the app fails (scripted with `fail`): the breaker's trip condition."""
+    for _ in range(2):
+        reply = await call(port, "GET", target)
+        assert (reply.status, reply.body) == (503, b"failure 503"), reply
+
+
 async def test_breaker_opens_after_two_failures_then_a_probe_closes_it(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
+    front: FrontFactory,
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(make_sidecar, app, tmp_path, breaker_resiliency())
+        app, sidecar = await front(breaker_resiliency())
         port = sidecar.http_port
         app.fail(2)
-        for _ in range(2):
-            reply = await call(port, "GET", f"{APP}/a")
-            assert (reply.status, reply.body) == (503, b"failure 503"), reply
+        await trip(port, f"{APP}/a")
         opened = time.monotonic()
         for _ in range(3):
             await assert_open(port, f"{APP}/a")
@@ -904,16 +790,12 @@ async def test_breaker_opens_after_two_failures_then_a_probe_closes_it(
         assert [s.target for s in app.seen] == ["/a", "/a", "/b"] + ["/a"] * 4
 
 
-async def test_failed_half_open_probe_opens_the_breaker_again(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
-) -> None:
+async def test_failed_half_open_probe_opens_the_breaker_again(front: FrontFactory) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(make_sidecar, app, tmp_path, breaker_resiliency())
+        app, sidecar = await front(breaker_resiliency())
         port = sidecar.http_port
         app.fail(3)
-        for _ in range(2):
-            assert (await call(port, "GET", f"{APP}/a")).status == 503
+        await trip(port, f"{APP}/a")
         await assert_open(port, f"{APP}/a")
         await asyncio.sleep(1.05)
         probe = await call(port, "GET", f"{APP}/a")
@@ -922,14 +804,9 @@ async def test_failed_half_open_probe_opens_the_breaker_again(
         assert len(app.seen) == 3
 
 
-async def test_timeouts_count_as_breaker_failures(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
-) -> None:
+async def test_timeouts_count_as_breaker_failures(front: FrontFactory) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(
-            make_sidecar, app, tmp_path, breaker_resiliency(timeout="short")
-        )
+        app, sidecar = await front(breaker_resiliency(timeout="short"))
         app.then(stall(), stall())
         for _ in range(2):
             assert_invoke_error(
@@ -941,14 +818,11 @@ async def test_timeouts_count_as_breaker_failures(
             await app.wait_closed(conn)
 
 
-async def test_retries_stop_once_the_breaker_opens(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
-) -> None:
+async def test_retries_stop_once_the_breaker_opens(front: FrontFactory) -> None:
     """retry(breaker(attempt)): the second failure trips the breaker, and an open breaker
     is a permanent error, so the third attempt never reaches the app."""
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app(answer(503, b"down"))
-        sidecar = await sidecar_for(make_sidecar, app, tmp_path, breaker_resiliency(retry="many"))
+        app, sidecar = await front(breaker_resiliency(retry="many"), default=answer(503, b"down"))
         reply = await call(sidecar.http_port, "POST", f"{APP}/r", b"x")
         assert_invoke_error(reply, "circuit breaker is open")
         assert app.bodies == [b"x", b"x"]
@@ -956,12 +830,9 @@ async def test_retries_stop_once_the_breaker_opens(
         assert len(app.seen) == 2
 
 
-async def test_redirect_is_a_success_for_the_breaker(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
-) -> None:
+async def test_redirect_is_a_success_for_the_breaker(front: FrontFactory) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(make_sidecar, app, tmp_path, breaker_resiliency())
+        app, sidecar = await front(breaker_resiliency())
         app.then(answer(503), answer(302, b"", (("Location", "/x"),)), answer(503))
         statuses = [(await call(sidecar.http_port, "GET", f"{APP}/a")).status for _ in range(4)]
         # 503, 302 (resets consecutive failures), 503, then the app's 200: never open.
@@ -969,16 +840,12 @@ async def test_redirect_is_a_success_for_the_breaker(
         assert len(app.seen) == 4
 
 
-async def test_half_open_breaker_lets_one_probe_through_at_a_time(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
-) -> None:
+async def test_half_open_breaker_lets_one_probe_through_at_a_time(front: FrontFactory) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(make_sidecar, app, tmp_path, breaker_resiliency())
+        app, sidecar = await front(breaker_resiliency())
         port = sidecar.http_port
         app.fail(2)
-        for _ in range(2):
-            assert (await call(port, "GET", f"{APP}/a")).status == 503
+        await trip(port, f"{APP}/a")
         await asyncio.sleep(1.05)
         app.then(answer(200, b"probe", delay=0.4))
         probe = asyncio.create_task(call(port, "GET", f"{APP}/a"))
@@ -994,13 +861,10 @@ async def test_half_open_breaker_lets_one_probe_through_at_a_time(
 
 @pytest.mark.parametrize("name", ["DefaultAppRetryPolicy", "DefaultRetryPolicy"])
 async def test_default_retry_policy_applies_to_an_app_without_a_named_target(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path, name: str
+    front: FrontFactory, name: str
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(
-            make_sidecar, app, tmp_path, resiliency({"retries": {name: retry_policy(2)}})
-        )
+        app, sidecar = await front(resiliency({"retries": {name: retry_policy(2)}}))
         app.fail(2)
         reply = await call(sidecar.http_port, "POST", f"{APP}/d", b"q")
         assert reply.body == describe("POST", "/d", b"q"), reply
@@ -1015,26 +879,18 @@ async def test_default_retry_policy_applies_to_an_app_without_a_named_target(
     ],
 )
 async def test_named_target_policy_wins_over_the_defaults(
-    make_sidecar: SidecarFactory,
-    make_app: AppFactory,
-    tmp_path: Path,
-    target: dict[str, str],
-    attempts: int,
+    front: FrontFactory, target: dict[str, str], attempts: int
 ) -> None:
     """A `targets.apps` entry applies whole: fields it leaves out do not come from Default*."""
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
         policies = {
             "timeouts": {"long": "5s"},
             "retries": {"DefaultAppRetryPolicy": retry_policy(5), "once": retry_policy(1)},
         }
-        sidecar = await sidecar_for(
-            make_sidecar, app, tmp_path, resiliency(policies, {"app": target})
-        )
+        app, sidecar = await front(resiliency(policies, {"app": target}))
         app.fail(4)
         reply = await call(sidecar.http_port, "GET", f"{APP}/n")
-        assert reply.status == 503, reply
-        assert len(app.seen) == attempts
+        assert_outcome(reply, app, 503, attempts)
 
 
 @pytest.mark.parametrize(
@@ -1046,44 +902,27 @@ async def test_named_target_policy_wins_over_the_defaults(
     ],
 )
 async def test_scopes_decide_whether_a_resiliency_applies(
-    make_sidecar: SidecarFactory,
-    make_app: AppFactory,
-    tmp_path: Path,
-    scopes: list[str],
-    applies: bool,
+    front: FrontFactory, scopes: list[str], applies: bool
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        document = resiliency(
-            {"retries": {"once": retry_policy(1)}}, {"app": {"retry": "once"}}, scopes=scopes
-        )
-        sidecar = await sidecar_for(make_sidecar, app, tmp_path, document)
+        app, sidecar = await front(policy(retry=retry_policy(1), scopes=scopes))
         app.fail(1)
         reply = await call(sidecar.http_port, "GET", f"{APP}/s")
-        assert reply.status == (200 if applies else 503), reply
-        assert len(app.seen) == (2 if applies else 1)
+        assert_outcome(reply, app, 200 if applies else 503, 2 if applies else 1)
 
 
 async def test_target_is_keyed_by_the_app_id_as_the_client_wrote_it(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
+    front: FrontFactory,
 ) -> None:
     """As in daprd, a policy for `app` does not cover calls written `app.default`."""
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(
-            make_sidecar,
-            app,
-            tmp_path,
-            resiliency({"retries": {"once": retry_policy(1)}}, {"app": {"retry": "once"}}),
-        )
+        app, sidecar = await front(policy(retry=retry_policy(1)))
         app.fail(1)
         reply = await call(sidecar.http_port, "GET", "/v1.0/invoke/app.default/method/q")
-        assert reply.status == 503, reply
-        assert len(app.seen) == 1
+        assert_outcome(reply, app, 503, 1)
         app.fail(1)
         reply = await call(sidecar.http_port, "GET", "/v1.0/invoke/app/method/q")
-        assert reply.status == 200, reply
-        assert len(app.seen) == 3
+        assert_outcome(reply, app, 200, 3)
 
 
 # == 7. two instances of b, one of them slow ==================================================
@@ -1117,6 +956,19 @@ async def two_instances(
     return b1, b2
 
 
+async def sidecar_a(
+    make_sidecar: SidecarFactory, tmp_path: Path, *documents: dict[str, Any]
+) -> Sidecar:
+    """The calling sidecar, app id "a" (no app of its own), with `documents` as resources."""
+    folder = write_resources(tmp_path / "a", *documents)
+    return await make_sidecar(app_id="a", resources_paths=(str(folder),))
+
+
+def b_within_250ms(max_retries: int) -> dict[str, Any]:
+    """A's policy for b: 250 ms an attempt, `max_retries` retries."""
+    return policy(target="b", timeout="250ms", retry=retry_policy(max_retries))
+
+
 @pytest.mark.parametrize(
     ("balancing", "max_retries"),
     [
@@ -1133,15 +985,12 @@ async def test_slow_instance_costs_a_timeout_never_a_client_error(
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
         b1, b2 = await two_instances(make_sidecar, make_app, slow=2.0)
-        folder = write_resources(
-            tmp_path / "a",
+        a = await sidecar_a(
+            make_sidecar,
+            tmp_path,
             configuration({"component": "sqlite", "configuration": {"loadBalancing": balancing}}),
-            resiliency(
-                {"timeouts": {"t": "250ms"}, "retries": {"r": retry_policy(max_retries)}},
-                {"b": {"timeout": "t", "retry": "r"}},
-            ),
+            b_within_250ms(max_retries),
         )
-        a = await make_sidecar(app_id="a", resources_paths=(str(folder),))
         replies = [await call(a.http_port, "POST", f"{B}/n{i}", b"%d" % i) for i in range(12)]
         assert [(r.status, r.body) for r in replies] == [(200, b"b2")] * 12, replies
         # Round robin: every call lands on b2 at once or after one 250 ms attempt at b1.
@@ -1163,10 +1012,7 @@ async def test_timeout_at_a_cancels_the_attempt_at_b(
     async with asyncio.timeout(TEST_TIMEOUT):
         app_b = await make_app(stall())
         await make_sidecar(app_id="b", app_port=app_b.port)
-        folder = write_resources(
-            tmp_path / "a", resiliency({"timeouts": {"t": "250ms"}}, {"b": {"timeout": "t"}})
-        )
-        a = await make_sidecar(app_id="a", resources_paths=(str(folder),))
+        a = await sidecar_a(make_sidecar, tmp_path, policy(target="b", timeout="250ms"))
         reply = await call(a.http_port, "GET", f"{B}/stuck")
         assert_invoke_error(reply, "context deadline exceeded", "b")
         assert [s.target for s in app_b.seen] == ["/stuck"]
@@ -1180,14 +1026,7 @@ async def test_instance_whose_attempt_timed_out_is_not_busy_for_ever(
     timeout must stop counting, or the instance is never picked again once it is fast."""
     async with asyncio.timeout(TEST_TIMEOUT):
         b1, _ = await two_instances(make_sidecar, make_app, slow=2.0)
-        folder = write_resources(
-            tmp_path / "a",
-            resiliency(
-                {"timeouts": {"t": "250ms"}, "retries": {"r": retry_policy(20)}},
-                {"b": {"timeout": "t", "retry": "r"}},
-            ),
-        )
-        a = await make_sidecar(app_id="a", resources_paths=(str(folder),))
+        a = await sidecar_a(make_sidecar, tmp_path, b_within_250ms(20))
         for i in range(30):
             assert (await call(a.http_port, "GET", f"{B}/w{i}")).body == b"b2"
             if b1.seen:
@@ -1210,8 +1049,21 @@ async def b_comes_up_later(
     return await make_sidecar(app_id="b", app_port=app.port, internal_port=port)
 
 
-def every_200ms(max_retries: int) -> dict[str, Any]:
-    return {"policy": "constant", "duration": "200ms", "maxRetries": max_retries}
+def static_b(port: int) -> dict[str, Any]:
+    """A Configuration whose static name resolution puts b's only sidecar at `port`."""
+    return configuration(
+        {"component": "static", "configuration": {"apps": {"b": [f"127.0.0.1:{port}"]}}}
+    )
+
+
+def assert_b_unreachable(reply: Reply) -> None:
+    assert_invoke_error(reply, "", "b")
+    assert "no instance of b could be reached" in reply.json()["message"], reply
+
+
+def built_in(max_retries: int) -> tuple[dict[str, Any], ...]:
+    """An override of Dapr's built-in service retries: every 200 ms, `max_retries` times."""
+    return (resiliency({"retries": {"DaprBuiltInServiceRetries": constant("200ms", max_retries)}}),)
 
 
 @pytest.mark.parametrize(
@@ -1219,9 +1071,7 @@ def every_200ms(max_retries: int) -> dict[str, Any]:
     [
         pytest.param((), "after-1s", id="no-resiliency"),
         pytest.param(
-            (resiliency({"retries": {"once": retry_policy(1)}}, {"c": {"retry": "once"}}),),
-            "after-1s",
-            id="policy-for-another-target",
+            (policy(target="c", retry=retry_policy(1)),), "after-1s", id="policy-for-another-target"
         ),
         pytest.param(
             (resiliency({"timeouts": {"DefaultAppTimeoutPolicy": "5s"}}),),
@@ -1233,25 +1083,13 @@ def every_200ms(max_retries: int) -> dict[str, Any]:
             "after-1s",
             id="default-retry-policy-no-retries",
         ),
+        pytest.param(built_in(5), "sooner", id="built-in-overridden"),
+        pytest.param(built_in(0), "sooner", id="built-in-overridden-never-below-3"),
         pytest.param(
-            (resiliency({"retries": {"DaprBuiltInServiceRetries": every_200ms(5)}}),),
-            "sooner",
-            id="built-in-overridden",
+            (policy(target="b", retry=retry_policy(0)),), "fails-fast", id="named-target-no-retries"
         ),
         pytest.param(
-            (resiliency({"retries": {"DaprBuiltInServiceRetries": every_200ms(0)}}),),
-            "sooner",
-            id="built-in-overridden-never-below-3",
-        ),
-        pytest.param(
-            (resiliency({"retries": {"none": retry_policy(0)}}, {"b": {"retry": "none"}}),),
-            "fails-fast",
-            id="named-target-no-retries",
-        ),
-        pytest.param(
-            (resiliency({"timeouts": {"long": "5s"}}, {"b": {"timeout": "long"}}),),
-            "fails-fast",
-            id="named-target-timeout-only",
+            (policy(target="b", timeout="5s"),), "fails-fast", id="named-target-timeout-only"
         ),
     ],
 )
@@ -1267,17 +1105,14 @@ async def test_built_in_retry_waits_for_a_sidecar_that_comes_up(
     async with asyncio.timeout(TEST_TIMEOUT):
         app_b = await make_app(instance("b"))
         port = closed_port()
-        static = {"component": "static", "configuration": {"apps": {"b": [f"127.0.0.1:{port}"]}}}
-        folder = write_resources(tmp_path / "a", configuration(static), *documents)
-        a = await make_sidecar(app_id="a", resources_paths=(str(folder),))
+        a = await sidecar_a(make_sidecar, tmp_path, static_b(port), *documents)
         coming = asyncio.create_task(b_comes_up_later(make_sidecar, app_b, port, 0.5))
         try:
             reply = await call(a.http_port, "POST", f"{B}/late", b"hello")
         finally:
             await coming
         if outcome == "fails-fast":
-            assert_invoke_error(reply, "", "b")
-            assert "no instance of b could be reached" in reply.json()["message"], reply
+            assert_b_unreachable(reply)
             assert reply.elapsed < PROMPT, reply
             assert app_b.seen == []
             return
@@ -1293,24 +1128,17 @@ async def test_built_in_retry_gives_up_after_three_retries(
     make_sidecar: SidecarFactory, tmp_path: Path
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        port = closed_port()
-        static = {"component": "static", "configuration": {"apps": {"b": [f"127.0.0.1:{port}"]}}}
-        folder = write_resources(tmp_path / "a", configuration(static))
-        a = await make_sidecar(app_id="a", resources_paths=(str(folder),))
+        a = await sidecar_a(make_sidecar, tmp_path, static_b(closed_port()))
         reply = await call(a.http_port, "GET", f"{B}/never")
-        assert_invoke_error(reply, "", "b")
-        assert "no instance of b could be reached" in reply.json()["message"], reply
+        assert_b_unreachable(reply)
         assert 3.0 <= reply.elapsed < 3.0 + MARGIN, reply
 
 
 # == 9. what the sidecar says about its resiliency, and what stops it ========================
 
 
-async def test_metadata_lists_the_resiliency_resources_in_scope(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
-) -> None:
+async def test_metadata_lists_the_resiliency_resources_in_scope(front: FrontFactory) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
         mine = resiliency(
             {
                 "timeouts": {"fast": "1s", "slow": "10s"},
@@ -1321,7 +1149,7 @@ async def test_metadata_lists_the_resiliency_resources_in_scope(
             name="mine",
         )
         theirs = resiliency({"timeouts": {"x": "1s"}}, name="theirs", scopes=["other"])
-        sidecar = await sidecar_for(make_sidecar, app, tmp_path, mine, theirs)
+        _, sidecar = await front(mine, theirs)
         reply = await call(sidecar.http_port, "GET", "/v1.0/metadata")
         assert reply.status == 200, reply
         assert reply.json()["resiliency"] == [
@@ -1338,11 +1166,10 @@ async def test_metadata_lists_the_resiliency_resources_in_scope(
 
 
 async def test_metadata_has_no_resiliency_section_without_resources(
-    make_sidecar: SidecarFactory, make_app: AppFactory, tmp_path: Path
+    front: FrontFactory,
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
-        app = await make_app()
-        sidecar = await sidecar_for(make_sidecar, app, tmp_path)
+        _, sidecar = await front()
         reply = await call(sidecar.http_port, "GET", "/v1.0/metadata")
         assert "resiliency" not in reply.json(), reply
 
