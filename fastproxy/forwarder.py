@@ -122,6 +122,7 @@ class Forwarder:
         http10: bool,
         expect_continue: bool,
         delivered: bytes | None = None,
+        trace_lines: bytes = b"",
     ) -> Exchange:
         """The exchange for an invocation; raises ProxyError when it cannot be made.
 
@@ -132,7 +133,8 @@ class Forwarder:
 
         `headers` is the client's header block as a flat list (name, ": ",
         value, CRLF) after a free slot at index 0, which receives the request
-        line; it is consumed.
+        line; it is consumed. `trace_lines` (the request's trace context, when
+        tracing is on) go after it.
         """
         kind = invocation.kind
         if kind is _APP:
@@ -152,6 +154,7 @@ class Forwarder:
                     keep_alive,
                     http10,
                     expect_continue,
+                    trace_lines,
                 )
             if pool is None:
                 raise self._no_route(invocation)
@@ -168,6 +171,8 @@ class Forwarder:
         path = endpoint.base_path + invocation.method if endpoint.base_path else invocation.method
         headers[0] = b"".join((method, b" ", path, query, pool.line_tail))
         headers.append(extra)
+        if trace_lines:
+            headers.append(trace_lines)
         if chunked_in:
             headers.append(CHUNKED)
         headers.append(CRLF)
@@ -223,6 +228,7 @@ class Forwarder:
         keep_alive: bool,
         http10: bool,
         expect_continue: bool,
+        trace_lines: bytes,
     ) -> Exchange:
         """A call for another app: to its sidecar's internal listener, target made explicit."""
         remote_apps = self._remote_apps
@@ -247,6 +253,8 @@ class Forwarder:
             )
         )
         headers.append(self._remote_extra)
+        if trace_lines:
+            headers.append(trace_lines)
         if chunked_in:
             headers.append(CHUNKED)
         headers.append(CRLF)

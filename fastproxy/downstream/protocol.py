@@ -523,8 +523,6 @@ class DownstreamProtocol(asyncio.Protocol):
                 method, path, self._traceparent, self._tracestate, self._delivered is not None
             )
             self._obs = obs
-            if obs.app_lines:
-                self._headers.extend(obs.app_lines)
             obs.client = self._client_address
             if self._delivered is not None:
                 caller = self._caller
@@ -554,6 +552,7 @@ class DownstreamProtocol(asyncio.Protocol):
                     http10,
                     False,
                     self._delivered,
+                    b"" if obs is None else obs.app_lines,
                 )
         if not path.startswith(INVOKE_PREFIX):
             local = local_route(method, path)
@@ -604,6 +603,7 @@ class DownstreamProtocol(asyncio.Protocol):
             http10,
             expect_continue,
             self._delivered,
+            b"" if obs is None else obs.app_lines,
         )
 
     def _check_access(self, acl: AccessControl, invocation: Invocation, method: bytes) -> None:

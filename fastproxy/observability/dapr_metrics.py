@@ -276,6 +276,10 @@ class DaprMetrics:
         "_client_count",
         "_client_latency",
         "_inbound_cache",
+        "_last_method",
+        "_last_path",
+        "_last_series",
+        "_last_status",
         "_remote_cache",
         "_req_recv",
         "_req_sent",
@@ -443,6 +447,13 @@ class DaprMetrics:
             )
         )
         self._server_cache: dict[tuple[bytes, bytes, int], _Exchange] = {}
+        # The (method, path, status) of the last request recorded, and its series: a
+        # sidecar mostly sees the same request again, and three compares cost less than
+        # building, hashing and looking up a key.
+        self._last_method = b""
+        self._last_path = b""
+        self._last_status = 0
+        self._last_series: _Exchange | None = None
         self._app_cache: dict[tuple[bytes, bytes, int], _Exchange] = {}
         self._remote_cache: dict[tuple[str, int], _RemoteCall] = {}
         self._inbound_cache: dict[tuple[str, int], _Inbound] = {}
@@ -474,15 +485,27 @@ class DaprMetrics:
         """One request answered on the sidecar's HTTP API (`path` as it arrived), and,
         when `app_ms` is not negative, its round trip to the sidecar's own app at `app_path`.
 
-        One dict look-up serves every series of the request; labels are only worked
-        out (and bytes decoded) the first time a (method, path, status) is seen.
+        One dict look-up serves every series of the request (none when it is the same
+        request as the last one); labels are only worked out (and bytes decoded) the
+        first time a (method, path, status) is seen.
         """
         if not self.enabled:
             return
-        key = (method, path, status)
-        series = self._server_cache.get(key)
-        if series is None:
-            series = self._server_series(key)
+        series = self._last_series
+        if (
+            series is None
+            or status != self._last_status
+            or path != self._last_path
+            or method != self._last_method
+        ):
+            key = (method, path, status)
+            series = self._server_cache.get(key)
+            if series is None:
+                series = self._server_series(key)
+            self._last_series = series
+            self._last_method = method
+            self._last_path = path
+            self._last_status = status
         series.count.value += 1
         series.latency.observe(latency_ms)
         self._request_bytes.observe(request_bytes)

@@ -83,23 +83,36 @@ class CounterChild:
 
 
 class HistogramChild:
-    """Counts per bucket, not cumulative: `observe` touches one slot; rendering sums them."""
+    """Counts per bucket, not cumulative: `observe` touches one count; rendering sums them.
 
-    __slots__ = ("bounds", "count", "counts", "first", "sum")
+    Each bucket's count is a native integer (the first bucket's on the child itself,
+    where most values a sidecar sees fall; the others in `CounterChild` cells), so an
+    observation allocates nothing. The total count is their sum, worked out when read.
+    """
+
+    __slots__ = ("bounds", "first", "first_count", "rest", "sum")
 
     def __init__(self, bounds: list[float]) -> None:
         self.bounds = bounds
-        # Most values a sidecar sees (sizes, latencies) fall in the first bucket.
         self.first = bounds[0] if bounds else float("inf")
-        self.counts = [0] * (len(bounds) + 1)  # the last slot is +Inf
+        self.first_count = 0
+        # Buckets 2.. and +Inf: `rest[i - 1]` counts the values of bucket i.
+        self.rest = [CounterChild() for _ in bounds]
         self.sum = 0.0
-        self.count = 0
+
+    @property
+    def counts(self) -> list[int]:
+        """Observations per bucket, the last one +Inf."""
+        return [self.first_count, *[cell.value for cell in self.rest]]
+
+    @property
+    def count(self) -> int:
+        return self.first_count + sum(cell.value for cell in self.rest)
 
     def observe(self, value: float) -> None:
         self.sum += value
-        self.count += 1
         if value <= self.first:
-            self.counts[0] += 1
+            self.first_count += 1
             return
         # The first bound >= value (bisect_left), so a value equal to a bound lands in
         # that bound's bucket (le is <=). Written out: compiled, it beats a call to bisect.
@@ -112,7 +125,7 @@ class HistogramChild:
                 low = middle + 1
             else:
                 high = middle
-        self.counts[low] += 1
+        self.rest[low - 1].value += 1
 
 
 # -- metrics ---------------------------------------------------------------------------------------

@@ -9,10 +9,8 @@ once the response is over.
 
 from __future__ import annotations
 
-import time
+from time import perf_counter
 from typing import TYPE_CHECKING, Final
-
-from fastproxy.wire import CRLF
 
 if TYPE_CHECKING:
     from fastproxy.upstream.pool import Pool
@@ -46,13 +44,12 @@ class Observation:
         "status",
         "target",
         "trace_id",
-        "trace_line",
         "tracestate",
         "upstream",
     )
 
     def __init__(self, method: bytes, path: bytes, delivered: bool, server_timing: bool) -> None:
-        self.started = time.perf_counter()
+        self.started = perf_counter()
         self.method = method
         self.path = path
         self.delivered = delivered
@@ -76,11 +73,9 @@ class Observation:
         self.parent_id = b""
         self.sampled = False
         self.tracestate = b""
-        # "traceparent: ...\r\n" naming this sidecar's span, for the app and the client.
-        self.trace_line = b""
-        # What the request to the app gets (the header-list items of traceparent and
-        # tracestate), and what every response gets (traceparent), computed once.
-        self.app_lines: tuple[bytes, ...] = ()
+        # The header lines the request to the app gets (traceparent, and tracestate if
+        # any), and those every response gets (traceparent), made once.
+        self.app_lines = b""
         self.response_lines = b""
 
     def __repr__(self) -> str:
@@ -98,11 +93,11 @@ class Observation:
     def mark_sent(self) -> None:
         """The request head went to an upstream (the first attempt's counts)."""
         if self.sent_at == 0.0:
-            self.sent_at = time.perf_counter()
+            self.sent_at = perf_counter()
 
     def response_head(self, status: int, upstream: Pool, app_traceparent: bool) -> bytes:
         """The upstream's response head arrived: the lines the client's copy gains."""
-        now = time.perf_counter()
+        now = perf_counter()
         self.head_at = now
         self.status = status
         self.upstream = upstream
@@ -122,7 +117,7 @@ class Observation:
         """Server-Timing for an answer the sidecar wrote itself (when the feature is on)."""
         if not self.server_timing:
             return b""
-        own_s = time.perf_counter() - self.started
+        own_s = perf_counter() - self.started
         return _SERVER_TIMING % (own_s * 1000.0, 0.0)
 
     def upstream_seconds(self) -> float:
@@ -130,9 +125,3 @@ class Observation:
         if self.sent_at and self.head_at:
             return self.head_at - self.sent_at
         return 0.0
-
-
-def trace_lines(trace_id: bytes, span_id: bytes, sampled: bool) -> bytes:
-    """The traceparent header line naming a span."""
-    flags = b"-01" if sampled else b"-00"
-    return b"traceparent: 00-" + trace_id + b"-" + span_id + flags + CRLF

@@ -8,8 +8,8 @@ Everything slow — span export, log formatting — happens off the loop's path.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
+from time import perf_counter, time, time_ns
 from typing import Final
 
 from fastproxy.observability.accesslog import AccessLog, AccessRecord
@@ -18,18 +18,12 @@ from fastproxy.observability.export import BatchExporter
 from fastproxy.observability.observation import Observation
 from fastproxy.observability.spans import invoke_span
 from fastproxy.observability.tracecontext import (
+    IdSource,
     Sampler,
-    format_traceparent,
-    new_ids,
-    new_span_id,
     parse_traceparent,
     valid_tracestate,
 )
-from fastproxy.wire import COLON_SP, CRLF
 
-_TRACEPARENT: Final = b"traceparent"
-_TRACESTATE: Final = b"tracestate"
-_TRACEPARENT_LINE: Final = b"traceparent: %b\r\n"
 _HEALTHZ: Final = b"/v1.0/healthz"
 
 
@@ -39,6 +33,7 @@ class Observer:
     __slots__ = (
         "_access_log",
         "_exporters",
+        "_ids",
         "_metrics",
         "_sampler",
         "_server_timing",
@@ -61,6 +56,7 @@ class Observer:
         # (a rate of 0 only propagates it); spans go to the exporters when sampled.
         self.tracing = sampler is not None
         self._sampler = sampler
+        self._ids = IdSource()
         self._metrics = metrics
         self._exporters = tuple(exporters)
         self._access_log = access_log
@@ -91,13 +87,11 @@ class Observer:
             parsed = parse_traceparent(traceparent) if traceparent else None
             if parsed is None:
                 # Absent or malformed: a new trace, never the client's bytes.
-                ids = new_ids()
-                trace_id = ids[:32]
-                span_id = ids[32:]
+                trace_id, span_id = self._ids.new_trace()
                 sampled = sampler.sampled(trace_id, None)
             else:
                 trace_id, obs.parent_id, parent_sampled = parsed
-                span_id = new_span_id()
+                span_id = self._ids.new_span()
                 sampled = sampler.sampled(trace_id, parent_sampled)
                 if tracestate and valid_tracestate(tracestate):
                     obs.tracestate = tracestate
@@ -106,29 +100,25 @@ class Observer:
             obs.trace_id = trace_id
             obs.span_id = span_id
             obs.sampled = sampled
-            value = format_traceparent(trace_id, span_id, sampled)
+            # Written out as a literal template: compiled, it is one concatenation.
+            line = b"traceparent: 00-%b-%b-%b\r\n" % (
+                trace_id,
+                span_id,
+                b"01" if sampled else b"00",
+            )
             if not delivered:
                 # On the internal listener the calling sidecar answers its client with
                 # its own span; only the app's own traceparent goes back to it.
-                obs.response_lines = _TRACEPARENT_LINE % value
+                obs.response_lines = line
             if obs.tracestate:
-                obs.app_lines = (
-                    _TRACEPARENT,
-                    COLON_SP,
-                    value,
-                    CRLF,
-                    _TRACESTATE,
-                    COLON_SP,
-                    obs.tracestate,
-                    CRLF,
-                )
+                obs.app_lines = line + b"tracestate: %b\r\n" % obs.tracestate
             else:
-                obs.app_lines = (_TRACEPARENT, COLON_SP, value, CRLF)
+                obs.app_lines = line
         return obs
 
     def finish(self, obs: Observation) -> None:
         """The response is over: metrics, the span if sampled, the access log line."""
-        total_s = time.perf_counter() - obs.started
+        total_s = perf_counter() - obs.started
         upstream_s = obs.upstream_seconds()
         metrics = self._metrics
         if metrics is not None:
@@ -138,7 +128,7 @@ class Observer:
         if self._access_log is not None:
             self._access_log.write(
                 AccessRecord(
-                    time=time.time() - total_s,
+                    time=time() - total_s,
                     method=obs.method.decode("latin-1"),
                     path=obs.path.decode("latin-1"),
                     app_id=obs.target,
@@ -185,7 +175,7 @@ class Observer:
             metrics.record_retry(obs.target, obs.retries)
 
     def _export(self, obs: Observation, total_s: float) -> None:
-        end_ns = time.time_ns()
+        end_ns = time_ns()
         pool = obs.upstream
         span = invoke_span(
             trace_id=obs.trace_id,

@@ -8,7 +8,8 @@ allocates only the id slices it returns. No I/O, no clock.
 from __future__ import annotations
 
 from binascii import hexlify
-from random import getrandbits
+from collections.abc import Callable
+from os import urandom
 from typing import Final
 
 TRACEPARENT_LENGTH: Final = 55  # "00-" + 32 + "-" + 16 + "-" + 2
@@ -114,30 +115,52 @@ def _valid_value(item: bytes) -> bool:
     return 0 < len(item) <= _VALUE_MAX and not item.translate(None, _VALUE_CHARS)
 
 
-def new_span_id() -> bytes:
-    """16 lowercase hex digits, never all zero."""
-    bits = getrandbits(64)
-    while bits == 0:
-        bits = getrandbits(64)
-    return hexlify(bits.to_bytes(8, "big"))
+class IdSource:
+    """New trace and span ids, drawn in bulk: lowercase hex, never all zero.
 
-
-def new_ids() -> bytes:
-    """A new trace id and span id in one: 48 hex digits, neither part all zero.
-
-    One random draw and one hex conversion serve both ids of a new root span.
-    Ids only need to be unique, not unpredictable, so the module's Mersenne
-    Twister is used: far cheaper than `os.urandom` per request.
+    One `os.urandom` and one hex conversion per `batch` ids keep a request's id
+    to a slice of a buffer; drawing and converting per request costs several
+    times more. A buffer holding sixteen zero digits in a row anywhere is drawn
+    again, so no id in it can be all zeros (a one in 10^14 event).
     """
-    bits = getrandbits(192)
-    while (bits >> 64) == 0 or (bits & 0xFFFFFFFFFFFFFFFF) == 0:
-        bits = getrandbits(192)
-    return hexlify(bits.to_bytes(24, "big"))
 
+    __slots__ = ("_batch", "_buffer", "_draw", "_end", "_next")
 
-def format_traceparent(trace_id: bytes, span_id: bytes, sampled: bool) -> bytes:
-    """A version-00 `traceparent` value: the only version this side emits."""
-    return b"00-%b-%b-%b" % (trace_id, span_id, b"01" if sampled else b"00")
+    def __init__(self, batch: int = 1024, draw: Callable[[int], bytes] = urandom) -> None:
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        self._batch = batch
+        self._draw = draw  # n random bytes
+        self._buffer = b""
+        self._next = 0
+        self._end = 0
+
+    def _refill(self) -> None:
+        buffer = hexlify(self._draw(24 * self._batch))
+        while _ZERO_SPAN_ID in buffer:
+            buffer = hexlify(self._draw(24 * self._batch))
+        self._buffer = buffer
+        self._next = 0
+        self._end = len(buffer)
+
+    def new_trace(self) -> tuple[bytes, bytes]:
+        """(trace id, span id) of a new root span: 32 and 16 hex digits."""
+        at = self._next
+        if at + 48 > self._end:
+            self._refill()
+            at = 0
+        self._next = at + 48
+        buffer = self._buffer
+        return buffer[at : at + 32], buffer[at + 32 : at + 48]
+
+    def new_span(self) -> bytes:
+        """A span id: 16 hex digits."""
+        at = self._next
+        if at + 16 > self._end:
+            self._refill()
+            at = 0
+        self._next = at + 16
+        return self._buffer[at : at + 16]
 
 
 class Sampler:

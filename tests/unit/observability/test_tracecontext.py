@@ -8,10 +8,8 @@ import re
 import pytest
 
 from fastproxy.observability.tracecontext import (
+    IdSource,
     Sampler,
-    format_traceparent,
-    new_ids,
-    new_span_id,
     parse_traceparent,
     valid_tracestate,
 )
@@ -121,33 +119,43 @@ def test_tracestate_is_forwarded_only_up_to_512_bytes() -> None:
 
 
 def test_new_ids_are_lowercase_hex_of_the_right_length_and_vary() -> None:
-    trace_ids = {new_ids()[:32] for _ in range(200)}
-    span_ids = {new_span_id() for _ in range(200)}
-    assert len(trace_ids) == 200
-    assert len(span_ids) == 200
-    assert all(re.fullmatch(rb"[0-9a-f]{32}", t) and t != b"0" * 32 for t in trace_ids)
-    assert all(re.fullmatch(rb"[0-9a-f]{16}", s) and s != b"0" * 16 for s in span_ids)
+    # A small batch, so the ids span several refills of the buffer.
+    ids = IdSource(batch=7)
+    traces = [ids.new_trace() for _ in range(200)]
+    span_ids = [ids.new_span() for _ in range(200)] + [span for _, span in traces]
+    trace_ids = [trace for trace, _ in traces]
+    assert len(set(trace_ids)) == 200
+    assert len(set(span_ids)) == 400
+    assert all(re.fullmatch(rb"[0-9a-f]{32}", t) for t in trace_ids)
+    assert all(re.fullmatch(rb"[0-9a-f]{16}", s) for s in span_ids)
 
 
 def test_new_ids_round_trip_through_traceparent() -> None:
-    ids = new_ids()
-    trace_id, span_id = ids[:32], ids[32:]
-    assert parse_traceparent(format_traceparent(trace_id, span_id, True)) == (
-        trace_id,
-        span_id,
-        True,
+    trace_id, span_id = IdSource().new_trace()
+    value = b"00-" + trace_id + b"-" + span_id + b"-01"
+    assert parse_traceparent(value) == (trace_id, span_id, True)
+
+
+def test_a_draw_holding_sixteen_zero_digits_is_drawn_again() -> None:
+    """No id may be all zeros: a buffer with a run of zeros anywhere is thrown away."""
+    draws: list[int] = []
+    sequence = iter([bytes(24), bytes(11) + b"\x01" + bytes(12), bytes(range(1, 25))])
+
+    def draw(size: int) -> bytes:
+        draws.append(size)
+        return next(sequence)
+
+    ids = IdSource(batch=1, draw=draw)
+    assert ids.new_trace() == (
+        bytes(range(1, 17)).hex().encode(),
+        bytes(range(17, 25)).hex().encode(),
     )
+    assert draws == [24, 24, 24]
 
 
-@pytest.mark.parametrize(
-    ("sampled", "expected"),
-    [
-        pytest.param(True, b"00-" + TRACE_ID + b"-" + SPAN_ID + b"-01", id="sampled"),
-        pytest.param(False, b"00-" + TRACE_ID + b"-" + SPAN_ID + b"-00", id="not-sampled"),
-    ],
-)
-def test_format_traceparent(sampled: bool, expected: bytes) -> None:
-    assert format_traceparent(TRACE_ID, SPAN_ID, sampled) == expected
+def test_an_id_source_needs_a_batch() -> None:
+    with pytest.raises(ValueError, match="batch"):
+        IdSource(batch=0)
 
 
 def _trace_id_with_low(low: int) -> bytes:
