@@ -13,7 +13,6 @@ import json
 import logging
 import re
 import ssl
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
@@ -310,48 +309,72 @@ class ExporterState(enum.Enum):
 
 
 class _ResponseSink:
-    """httptools callbacks: only whether the head and the whole message have arrived."""
+    """httptools callbacks: whether the head and the whole message have arrived, and
+    whether the connection may be kept (read at the end, before the parser resets)."""
 
-    __slots__ = ("complete", "head_done")
+    __slots__ = ("complete", "head_done", "keep_alive", "parser")
 
     def __init__(self) -> None:
         self.head_done = False
         self.complete = False
+        self.keep_alive = False
+        self.parser: httptools.HttpResponseParser | None = None
 
     def on_headers_complete(self) -> None:
         self.head_done = True
 
     def on_message_complete(self) -> None:
         self.complete = True
+        if self.parser is not None:
+            self.keep_alive = self.parser.should_keep_alive()
 
 
-async def _read_status(reader: asyncio.StreamReader) -> int:
-    """The response status, after draining the response to its end."""
+NO_ANSWER: Final = 0
+"""The status `_read_answer` gives when the connection ended before any byte of an
+answer: the collector may never have read the request, which may be sent again."""
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """The response's status (NO_ANSWER if none began), after draining it to its end,
+    and whether the connection may carry another request (the answer was framed and
+    did not ask to close)."""
     sink = _ResponseSink()
-    parser = httptools.HttpResponseParser(sink)
+    parser = sink.parser = httptools.HttpResponseParser(sink)
+    received = False
     while not sink.complete:
-        data = await reader.read(_READ_SIZE)
+        try:
+            data = await reader.read(_READ_SIZE)
+        except ConnectionError:
+            if not received:
+                return NO_ANSWER, False
+            raise
         if not data:
             if sink.head_done:  # a body delimited by the close
-                break
-            raise ConnectionError("the collector closed the connection without answering")
+                return parser.get_status_code(), False
+            if not received:
+                return NO_ANSWER, False
+            raise ConnectionError("the collector closed the connection mid-answer")
+        received = True
         parser.feed_data(data)
     status: int = parser.get_status_code()
-    return status
+    return status, sink.keep_alive
 
 
 class BatchExporter:
     """A bounded span queue and one task that POSTs it in batches.
 
-    The task wakes every `interval` seconds, or as soon as `max_batch` spans are
-    waiting, and sends everything queued in batches of at most `max_batch`. A
-    failed POST drops its batch (no retry: a retry would only pile more load on
-    a struggling collector) and, until one succeeds, the task no longer wakes
-    early, so a dead collector sees at most one attempt per interval.
+    The task sends a batch as soon as `max_batch` spans are waiting, and every
+    `interval` seconds what was queued by then, in batches of at most `max_batch`.
+    Spans that arrive while a POST is out wait for the next full batch or the next
+    interval, so a busy sidecar sends full batches rather than one small batch per
+    round trip. A failed POST drops its batch (no retry: a retry would only pile
+    more load on a struggling collector) and, until one succeeds, the task no longer
+    wakes early, so a dead collector sees at most one attempt per interval.
 
-    Each batch uses a fresh connection (`Connection: close`). Batches leave at
-    most about once per interval, so a handshake per batch is cheap, and a
-    fresh connection never races a collector that is closing an idle one.
+    Batches share one keep-alive connection. One left idle for `reuse_idle` seconds
+    or more is closed and replaced, since collectors close idle connections; if a
+    reused one still ends before any answer (the collector closed it first), the
+    batch is sent once more on a fresh connection.
     """
 
     def __init__(
@@ -365,6 +388,7 @@ class BatchExporter:
         interval: float = 1.0,
         timeout: float = 5.0,
         ssl_context: ssl.SSLContext | None = None,
+        reuse_idle: float = 4.0,
     ) -> None:
         if max_queue < 1 or max_batch < 1:
             raise ValueError("max_queue and max_batch must be at least 1")
@@ -387,7 +411,6 @@ class BatchExporter:
             if not _TOKEN.match(name) or "\r" in value or "\n" in value:
                 raise ValueError(f"invalid exporter header: {name!r}")
             lines.append(f"{name}: {value}")
-        lines.append("Connection: close")
         self._head_prefix = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
 
         self.url = url
@@ -395,16 +418,22 @@ class BatchExporter:
         self.max_batch = max_batch
         self.interval = interval
         self.timeout = timeout
+        self.reuse_idle = reuse_idle
         self._host = parts.hostname
         self._port = parts.port or (443 if secure else 80)
         self._ssl = (ssl_context or ssl.create_default_context()) if secure else None
         self._encode = encode
         self._threshold = min(max_batch, max_queue)
-        self._queue: deque[Span] = deque()
+        self._queue: list[Span] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._state = ExporterState.NEW
         self._failing = False  # since the last failed POST, until one succeeds
+        # The keep-alive connection to the collector, and when it last answered.
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._idle_since = 0.0
+        self.connections = 0  # opened so far
         self.exported = 0
         self.dropped = 0
 
@@ -447,7 +476,7 @@ class BatchExporter:
         self._wake.set()
         task = self._task
         if task is None:  # never started: one last flush of what was submitted
-            task = asyncio.get_running_loop().create_task(self._send_queued())
+            task = asyncio.get_running_loop().create_task(self._send_queued(everything=True))
             self._task = task
         try:
             await asyncio.wait({task}, timeout=deadline)
@@ -459,23 +488,31 @@ class BatchExporter:
                 task.exception()  # retrieved, so never reported as unhandled
             self.dropped += len(self._queue)
             self._queue.clear()
+            self._disconnect()
 
     async def _run(self) -> None:
         while True:
+            interval_over = False
             try:
                 async with asyncio.timeout(self.interval):
                     await self._wake.wait()
             except TimeoutError:
-                pass
+                interval_over = True
             self._wake.clear()
-            await self._send_queued()
-            if self._state is ExporterState.CLOSED:
+            closing = self._state is ExporterState.CLOSED
+            await self._send_queued(everything=interval_over or closing)
+            if closing:
                 return
 
-    async def _send_queued(self) -> None:
+    async def _send_queued(self, everything: bool) -> None:
+        """Full batches; with `everything`, also what was queued when the send began."""
         queue = self._queue
-        while queue:
-            batch = [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
+        due = len(queue) if everything else 0
+        while queue and (due > 0 or len(queue) >= self.max_batch):
+            size = min(len(queue), self.max_batch)
+            batch = queue[:size]
+            del queue[:size]
+            due -= size
             if not await self._export(batch):
                 # A wake-up queued during the failed POST would retry at once.
                 if self._state is not ExporterState.CLOSED:
@@ -517,24 +554,72 @@ class BatchExporter:
             )
 
     async def _post(self, body: bytes) -> int:
-        """One POST on its own connection, bounded as a whole by `timeout`."""
+        """One POST, bounded as a whole by `timeout`: on the kept connection when there is
+        one fit to reuse, again on a fresh one if that one turns out to be closed."""
+        request = (self._head_prefix + b"%d\r\n\r\n" % len(body), body)
+        loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.timeout):
-            reader, writer = await asyncio.open_connection(
-                self._host,
-                self._port,
-                ssl=self._ssl,
-                server_hostname=self._host if self._ssl is not None else None,
-            )
-            finished = False
-            try:
-                writer.write(self._head_prefix + b"%d\r\n\r\n" % len(body))
-                writer.write(body)
-                await writer.drain()
-                status = await _read_status(reader)
-                finished = True
-            finally:
-                if finished:
-                    writer.close()
-                else:  # timed out or broken: nothing to say to this peer any more
-                    writer.transport.abort()
+            reader, writer = self._reader, self._writer
+            if reader is not None and writer is not None:
+                if (
+                    loop.time() - self._idle_since < self.reuse_idle
+                    and not writer.is_closing()
+                    and not reader.at_eof()
+                ):
+                    self._reader = self._writer = None
+                    status = await self._exchange(reader, writer, request)
+                    if status != NO_ANSWER:
+                        return status
+                    # Closed by the collector while idle: once more, on a fresh connection.
+                else:
+                    self._disconnect()
+            reader, writer = await self._connect()
+            status = await self._exchange(reader, writer, request)
+            if status == NO_ANSWER:
+                raise ConnectionError("the collector closed the connection without answering")
             return status
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        connection = await asyncio.open_connection(
+            self._host,
+            self._port,
+            ssl=self._ssl,
+            server_hostname=self._host if self._ssl is not None else None,
+        )
+        self.connections += 1
+        return connection
+
+    async def _exchange(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        request: tuple[bytes, bytes],
+    ) -> int:
+        """Send `request` and read the answer's status (NO_ANSWER when the connection
+        ended first); keep the connection when it may carry the next batch, close it
+        otherwise."""
+        answered = reusable = False
+        try:
+            try:
+                writer.writelines(request)
+                await writer.drain()
+            except ConnectionError:
+                return NO_ANSWER
+            status, reusable = await _read_answer(reader)
+            answered = status != NO_ANSWER
+            return status
+        finally:
+            if reusable:
+                self._reader = reader
+                self._writer = writer
+                self._idle_since = asyncio.get_running_loop().time()
+            elif answered:
+                writer.close()
+            else:  # timed out or broken: nothing to say to this peer any more
+                writer.transport.abort()
+
+    def _disconnect(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            writer.transport.abort()
+        self._reader = self._writer = None

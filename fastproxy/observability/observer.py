@@ -190,8 +190,8 @@ class Observer:
             status=obs.status,
             start_ns=end_ns - int(total_s * 1e9),
             end_ns=end_ns,
-            server_address="" if pool is None else pool.endpoint.host,
-            server_port=0 if pool is None else pool.endpoint.port,
+            server_address="" if pool is None else pool.host,
+            server_port=0 if pool is None else pool.port,
             headers=(),
         )
         for exporter in self._exporters:

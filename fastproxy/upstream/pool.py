@@ -44,11 +44,13 @@ class Pool:
         "address",
         "closed",
         "endpoint",
+        "host",
         "host_header",
         "limits",
         "line_tail",
         "name",
         "open_count",
+        "port",
         "waits",
     )
 
@@ -62,8 +64,10 @@ class Pool:
         self.endpoint = endpoint
         self.limits = limits
         self.name = endpoint.name
-        # host:port, as tracing and access logs name the peer.
-        host = endpoint.host
+        # The peer as spans (host, port) and access logs (host:port) name it, read on
+        # the request path: kept here, where reading them costs no attribute look-up.
+        host = self.host = endpoint.host
+        self.port = endpoint.port
         self.address = f"[{host}]:{endpoint.port}" if ":" in host else f"{host}:{endpoint.port}"
         self.host_header = endpoint.host_header
         # What follows the request target in every head this pool sends.

@@ -171,6 +171,8 @@ class Post:
     path: str
     headers: dict[str, str]
     body: bytes
+    # The client's (host, port): the same for POSTs that came on one connection.
+    peer: tuple[str, int] | None = None
 
     @property
     def content_type(self) -> str:
@@ -246,7 +248,8 @@ async def running_collector(
 
     async def record(req: web.Request) -> web.Response:
         body = await req.read()
-        collector.posts.append(Post(req.path_qs, dict(req.headers), body))
+        peer = req.transport.get_extra_info("peername") if req.transport else None
+        collector.posts.append(Post(req.path_qs, dict(req.headers), body, peer))
         if collector.stall:
             await collector.release.wait()
         return web.Response(status=collector.answer_status(req.path), text="{}")

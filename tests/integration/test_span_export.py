@@ -204,12 +204,150 @@ async def test_a_full_batch_leaves_before_the_interval(
 async def test_batches_hold_at_most_max_batch_spans(
     collector: Collector, make_exporter: Callable[..., BatchExporter]
 ) -> None:
-    exporter = make_exporter(collector.url("/x"), start=False, interval=60.0, max_batch=4)
+    exporter = make_exporter(collector.url("/x"), start=False, interval=0.5, max_batch=4)
     submit(exporter, range(10))
     exporter.start()
+    await until_exported(exporter, 8, 0.4)  # full batches leave at once
+    await asyncio.sleep(0.1)
+    assert exporter.queued == 2  # a partial one waits for the interval
     await until_exported(exporter, 10, 2.0)
     assert [len(json.loads(r.body)) for r in collector.posts] == [4, 4, 2]
     assert collector.zipkin_span_ids() == [_span_id(i) for i in range(10)]
+
+
+async def test_spans_queued_during_a_post_wait_for_a_full_batch(
+    collector: Collector, make_exporter: Callable[..., BatchExporter]
+) -> None:
+    """A busy sidecar sends full batches, not one small batch after every round trip."""
+    collector.stall = True
+    exporter = make_exporter(collector.url("/x"), interval=60.0, max_batch=4)
+    submit(exporter, range(4))
+    await eventually(lambda: len(collector.posts) == 1)
+    submit(exporter, range(4, 7))  # arrive while the first POST is out
+    collector.stall = False
+    collector.release.set()
+    await until_exported(exporter, 4)
+    await asyncio.sleep(0.3)
+    assert len(collector.posts) == 1
+    assert exporter.queued == 3
+    submit(exporter, range(7, 8))
+    await until_exported(exporter, 8)
+    assert [len(json.loads(r.body)) for r in collector.posts] == [4, 4]
+
+
+async def test_batches_share_one_kept_connection(
+    collector: Collector, make_exporter: Callable[..., BatchExporter]
+) -> None:
+    exporter = make_exporter(collector.url("/api/v2/spans"), max_batch=2)
+    for round_ in range(3):
+        submit(exporter, range(2 * round_, 2 * round_ + 2))
+        await until_exported(exporter, 2 * round_ + 2)
+    assert exporter.connections == 1
+    assert len({post.peer for post in collector.posts}) == 1
+    assert all("Connection" not in post.headers for post in collector.posts)
+
+
+async def test_a_connection_idle_too_long_is_replaced(
+    collector: Collector, make_exporter: Callable[..., BatchExporter]
+) -> None:
+    exporter = make_exporter(collector.url("/api/v2/spans"), max_batch=1, reuse_idle=0.3)
+    submit(exporter, range(2))
+    await until_exported(exporter, 2)
+    await asyncio.sleep(0.4)
+    submit(exporter, range(2, 3))
+    await until_exported(exporter, 3)
+    assert exporter.connections == 2
+    first, second, third = (post.peer for post in collector.posts)
+    assert first == second != third
+
+
+async def test_a_kept_connection_the_collector_closed_while_idle_is_replaced(
+    make_exporter: Callable[..., BatchExporter],
+) -> None:
+    """The collector answers, keeps the connection open, then closes it while idle: the
+    next batch finds it closed, and goes again on a fresh connection."""
+    peers: list[tuple[str, int]] = []
+    handlers: list[asyncio.Task[Any]] = []
+
+    async def answer_then_hang_up(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        peers.append(writer.get_extra_info("peername"))
+        writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.close()  # idle close, as collectors do, after one answer per connection
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(answer_then_hang_up, HOST, 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        exporter = make_exporter(f"http://{HOST}:{port}/api/v2/spans", max_batch=1)
+        submit(exporter, range(1))
+        await until_exported(exporter, 1)
+        await asyncio.sleep(0.3)  # the collector has closed the kept connection by now
+        submit(exporter, range(1, 2))
+        await until_exported(exporter, 2)
+        assert (exporter.dropped, exporter.connections) == (0, 2)
+        assert len(set(peers)) == 2
+        await asyncio.gather(*handlers)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_kept_connection_that_fails_unanswered_is_tried_once_more_fresh(
+    make_exporter: Callable[..., BatchExporter],
+) -> None:
+    """The race a kept connection can lose: the collector closes it as the next batch
+    arrives, unanswered. That batch goes again, once, on a fresh connection."""
+    served: list[int] = []  # per connection accepted, the requests it answered
+    handlers: list[asyncio.Task[Any]] = []
+
+    async def answer_once_per_first_connection(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        index = len(served)
+        served.append(0)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if index == 0 and served[0] == 1:
+                    return  # the second request on the first connection: hang up
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+                served[index] += 1
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the exporter closed its kept connection
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer_once_per_first_connection, HOST, 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        exporter = make_exporter(f"http://{HOST}:{port}/api/v2/spans", max_batch=1)
+        submit(exporter, range(1))
+        await until_exported(exporter, 1)
+        submit(exporter, range(1, 2))
+        await until_exported(exporter, 2)
+        assert (exporter.dropped, exporter.connections) == (0, 2)
+        assert served == [1, 1]
+        await exporter.close()
+        await asyncio.gather(*handlers)
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path, bytes]:
@@ -398,7 +536,6 @@ async def test_collector_closing_without_an_answer_drops_the_batch(
         assert exporter.exported == 0
         (head,) = requests
         assert head.startswith(b"POST /api/v2/spans HTTP/1.1\r\n")
-        assert b"\r\nConnection: close\r\n" in head
     finally:
         server.close()
         await server.wait_closed()
