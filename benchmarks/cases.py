@@ -101,26 +101,43 @@ def case_targets(case: str, targets: Sequence[str]) -> list[str]:
     return list(targets)
 
 
-def count_runs(cases: Sequence[str], targets: Sequence[str]) -> int:
-    """Measured runs of (case, row) pairs, for the time estimate and the progress counter."""
-    return sum(len(case_targets(c, targets)) for c in cases)
+def case_rounds(case: str, obs_rounds: int) -> int:
+    """How many times each row of ``case`` runs: ``obs_rounds`` (--obs-rounds) for the
+    observability case, whose ratios one run per row leaves to the machine's drift; once
+    for every other case."""
+    return obs_rounds if case == OBS_CASE else 1
 
 
-def plan_summary(cases: Sequence[str], targets: Sequence[str]) -> str:
-    """'6 cases x 4 targets + small-c50-retry x 4 + small-c50-obs x 3 = 31 runs', printed
-    before the estimate."""
+def round_plan(rows: Sequence[str], rounds: int) -> list[tuple[int, str]]:
+    """(round, row) in the order they run: every row once in order, then again for the next
+    round, so drift between runs hits all rows alike rather than the one measured last."""
+    return [(k, row) for k in range(1, rounds + 1) for row in rows]
+
+
+def count_runs(cases: Sequence[str], targets: Sequence[str], obs_rounds: int = 1) -> int:
+    """Measured runs of (case, row) pairs, each row of the observability case ``obs_rounds``
+    times, for the time estimate and the progress counter."""
+    return sum(len(case_targets(c, targets)) * case_rounds(c, obs_rounds) for c in cases)
+
+
+def plan_summary(cases: Sequence[str], targets: Sequence[str], obs_rounds: int = 1) -> str:
+    """'6 cases x 4 targets + small-c50-retry x 4 + small-c50-obs x 3 x 3 rounds = 37 runs',
+    printed before the estimate."""
     plain = [c for c in cases if c not in SPECIAL_CASES]
     parts = [f"{len(plain)} cases x {len(targets)} targets"] if plain else []
     for case in SPECIAL_CASES:
         if case in cases:
-            parts.append(f"{case} x {len(case_targets(case, targets))}")
-    return f"{' + '.join(parts)} = {count_runs(cases, targets)} runs"
+            rounds = case_rounds(case, obs_rounds)
+            part = f"{case} x {len(case_targets(case, targets))}"
+            parts.append(part + (f" x {rounds} rounds" if rounds > 1 else ""))
+    return f"{' + '.join(parts)} = {count_runs(cases, targets, obs_rounds)} runs"
 
 
-def settle_overhead_s(cases: Sequence[str], targets: Sequence[str]) -> float:
-    """Extra seconds of the run for fastproxy-traced's settling (OBS_SETTLE_OVERHEAD_S)."""
+def settle_overhead_s(cases: Sequence[str], targets: Sequence[str], obs_rounds: int = 1) -> float:
+    """Extra seconds of the run for fastproxy-traced's settling (OBS_SETTLE_OVERHEAD_S per
+    run: it settles around each of its ``obs_rounds`` runs)."""
     traced = OBS_CASE in cases and FASTPROXY_TRACED in case_targets(OBS_CASE, targets)
-    return OBS_SETTLE_OVERHEAD_S if traced else 0.0
+    return OBS_SETTLE_OVERHEAD_S * obs_rounds if traced else 0.0
 
 
 def estimate_seconds(

@@ -19,9 +19,9 @@ harness can compare the spans received with the requests a run completed. Any ot
 request gets 404 and is not counted.
 
 The HTTP side is httpapp.py's, as for flaky_app.py: one process on uvloop with httptools,
-keep-alive, pipelining-safe, HTTP/1.0 and ``Connection: close`` honoured (fastproxy's
-exporter sends every batch on a connection of its own with ``Connection: close``), reading
-paused while the socket's send buffer is full.
+keep-alive (fastproxy's exporter sends its batches on one kept connection), pipelining-safe,
+HTTP/1.0 and ``Connection: close`` honoured, reading paused while the socket's send buffer
+is full.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ Pure functions only, so the arithmetic behind the verdict is unit-tested rather 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -44,6 +45,11 @@ OBS_TARGETS: tuple[str, ...] = (FASTPROXY_OBS_OFF, FASTPROXY_METRICS, FASTPROXY_
 # The issue's bar for it: CPU per request relative to fastproxy-obs-off.
 OBS_METRICS_CPU_MAX = 1.10
 OBS_TRACED_CPU_MAX = 1.35
+# Rounds of the observability case (run.py --obs-rounds): every row once per round, the rounds
+# one after the other, each row reported as its median run. The machine's speed drifts by
+# 10-20 % within seconds, so one run per row makes the ratios noise; rounds interleave the
+# rows so drift hits them alike.
+OBS_ROUNDS = 3
 # What each row turns on, for the table: (metrics, tracing).
 OBS_ROW_SETUP: dict[str, tuple[str, str]] = {
     FASTPROXY_OBS_OFF: ("off", "off"),
@@ -105,6 +111,11 @@ class Measurement:
     collector_posts: int | None = None
     collector_bytes: int | None = None
     collector_cpu_us_per_req: float | None = None
+    # Observability case measured in rounds (merge_rounds): every round's proxy CPU us/req
+    # and error, in run order (a failed round's CPU figure is None); the other figures are
+    # the median run's. None when the row ran once.
+    round_cpu_us_per_req: list[float | None] | None = None
+    round_errors: list[str | None] | None = None
     error: str | None = None
     wrk_output: str = ""
 
@@ -240,7 +251,7 @@ def _columns_and_rows(
     if measurements and all(m.case == RETRY_CASE for m in measurements):
         return RETRY_COLUMNS, retry_table_rows(measurements)
     if measurements and all(m.case == OBS_CASE for m in measurements):
-        return OBS_COLUMNS, obs_table_rows(measurements)
+        return obs_table(measurements)
     return COLUMNS, table_rows(measurements)
 
 
@@ -279,6 +290,8 @@ def case_title(m: Measurement, duration_s: float) -> str:
         title += "; app: benchmarks/flaky_app.py"
     elif m.case == OBS_CASE:
         title += "; spans to benchmarks/collector.py"
+        if m.round_cpu_us_per_req is not None:
+            title += f"; median of {len(m.round_cpu_us_per_req)} interleaved rounds"
     return title
 
 
@@ -518,6 +531,76 @@ def spans_per_request(m: Measurement) -> float | None:
     return ratio(spans, float(m.requests))
 
 
+def median_run(runs: Sequence[Measurement]) -> Measurement:
+    """One row's runs (its rounds, in run order) as one Measurement: the successful run whose
+    proxy CPU us/req is the median (for an even count the lower middle one), taken whole so
+    that its rps, latencies and spans stay consistent with each other, plus every round's CPU
+    figure and error. Failed runs are no candidates; when every run failed, the first one is
+    reported (and when none has a CPU figure, the first successful one)."""
+    if not runs:
+        raise ValueError("median_run needs at least one run")
+    timed = sorted(
+        (m.proxy_cpu_us_per_req, i)
+        for i, m in enumerate(runs)
+        if m.error is None and m.proxy_cpu_us_per_req is not None
+    )
+    fallback = next((m for m in runs if m.error is None), runs[0])
+    chosen = runs[timed[(len(timed) - 1) // 2][1]] if timed else fallback
+    return dataclasses.replace(
+        chosen,
+        round_cpu_us_per_req=[
+            None if m.error is not None else m.proxy_cpu_us_per_req for m in runs
+        ],
+        round_errors=[m.error for m in runs],
+    )
+
+
+def merge_rounds(runs: Sequence[Measurement]) -> list[Measurement]:
+    """The runs of rounds (round 1's rows, then round 2's, ...) as one median_run per
+    (case, row), in the order the rows first ran."""
+    by_row: dict[tuple[str, str], list[Measurement]] = {}
+    for m in runs:
+        by_row.setdefault((m.case, m.target), []).append(m)
+    return [median_run(ms) for ms in by_row.values()]
+
+
+def round_count(measurements: Iterable[Measurement]) -> int:
+    """How many rounds the rows ran (1: each ran once, not in rounds)."""
+    return max((len(m.round_cpu_us_per_req or ()) for m in measurements), default=0) or 1
+
+
+def round_cpu_text(m: Measurement) -> str:
+    """Every round's proxy us/req in run order, e.g. ``14.6 / 14.2 / failed`` (``-``: the row
+    did not run in rounds)."""
+    if m.round_cpu_us_per_req is None:
+        return "-"
+    errors = m.round_errors or [None] * len(m.round_cpu_us_per_req)
+    return " / ".join(
+        "failed" if err is not None else _f(cpu, ".1f")
+        for cpu, err in zip(m.round_cpu_us_per_req, errors, strict=True)
+    )
+
+
+def run_errors(m: Measurement) -> list[tuple[str, str]]:
+    """(heading, error) of each failed run behind a reported row: its own error, or for a row
+    merged from rounds each failed round's, e.g. ``small-c50-obs fastproxy-traced (round
+    2/3)``; a failed round counts even when the median of the others is reported."""
+    head = f"{m.case} {m.target}"
+    if m.round_errors is None:
+        return [] if m.error is None else [(head, m.error)]
+    n = len(m.round_errors)
+    return [
+        (f"{head} (round {k}/{n})", err)
+        for k, err in enumerate(m.round_errors, 1)
+        if err is not None
+    ]
+
+
+def run_count(m: Measurement) -> int:
+    """Runs behind a reported row: its rounds, or 1."""
+    return 1 if m.round_errors is None else len(m.round_errors)
+
+
 @dataclass(frozen=True)
 class ObsVerdict:
     """The observability case's bar: PASS when CPU per request of fastproxy-metrics is at
@@ -526,7 +609,8 @@ class ObsVerdict:
 
     ``*_cpu_ratio`` and ``*_rps_ratio`` are relative to fastproxy-obs-off; ``spans_received``
     (during the run), ``spans_late`` (after it) and ``spans_requests`` are fastproxy-traced's
-    (reported, not judged).
+    (reported, not judged); with ``rounds`` > 1 every figure is of a row's median run
+    (median_run), the spans those of fastproxy-traced's median run alone.
     """
 
     status: str
@@ -538,6 +622,7 @@ class ObsVerdict:
     spans_received: int | None = None
     spans_late: int | None = None
     spans_requests: int | None = None
+    rounds: int = 1
 
 
 def _latencies(m: Measurement) -> str:
@@ -555,10 +640,16 @@ def _obs_row_text(
     ok = cpu_r <= cpu_max
     rps_r = ratio(m.rps, base.rps)
     text = (
-        f"{row} CPU {m.proxy_cpu_us_per_req:.1f} us/req = {cpu_r:.2f}x (need <= {cpu_max:.2f}: "
-        f"{'ok' if ok else 'NO'}), {m.rps or 0:,.0f} rps = {_f(rps_r, '.2f')}x, {_latencies(m)}"
+        f"{row} CPU {m.proxy_cpu_us_per_req:.1f} us/req{_rounds_text(m)} = {cpu_r:.2f}x "
+        f"(need <= {cpu_max:.2f}: {'ok' if ok else 'NO'}), {m.rps or 0:,.0f} rps = "
+        f"{_f(rps_r, '.2f')}x, {_latencies(m)}"
     )
     return text, ok
+
+
+def _rounds_text(m: Measurement) -> str:
+    """`` (rounds 14.6 / 14.2 / 14.9)`` after a median figure; empty for a single run."""
+    return "" if m.round_cpu_us_per_req is None else f" (rounds {round_cpu_text(m)})"
 
 
 def _spans_text(m: Measurement) -> str:
@@ -597,13 +688,17 @@ def obs_verdict(
 
     FAIL as soon as one measured ratio is over its bar; otherwise SKIPPED while a row or
     figure is missing, else PASS. The message also gives the rps ratios, p50/p99 of every
-    row and fastproxy-traced's spans received against its requests.
+    row and fastproxy-traced's spans received against its requests; for rows merged from
+    rounds (merge_rounds) it says so and gives every round's CPU figure.
     """
-    ok = _by_target(m for m in measurements if m.case == case)
+    in_case = [m for m in measurements if m.case == case]
+    rounds = round_count(in_case)
+    head = f"{case}, median of {rounds} rounds" if rounds > 1 else case
+    ok = _by_target(in_case)
     base = ok.get(FASTPROXY_OBS_OFF)
     if base is None or not base.proxy_cpu_us_per_req:
         why = "no successful run of" if base is None else "no CPU figure for"
-        return ObsVerdict("SKIPPED", f"{case}: {why} {FASTPROXY_OBS_OFF}")
+        return ObsVerdict("SKIPPED", f"{head}: {why} {FASTPROXY_OBS_OFF}", rounds=rounds)
     metrics, traced = ok.get(FASTPROXY_METRICS), ok.get(FASTPROXY_TRACED)
     metrics_cpu = (
         ratio(metrics.proxy_cpu_us_per_req, base.proxy_cpu_us_per_req) if metrics else None
@@ -620,8 +715,9 @@ def obs_verdict(
     else:
         status = "PASS"
     msg = (
-        f"{case}: {metrics_text}; {traced_text}; against {FASTPROXY_OBS_OFF} "
-        f"{base.proxy_cpu_us_per_req:.1f} us/req, {base.rps or 0:,.0f} rps, {_latencies(base)}"
+        f"{head}: {metrics_text}; {traced_text}; against {FASTPROXY_OBS_OFF} "
+        f"{base.proxy_cpu_us_per_req:.1f} us/req{_rounds_text(base)}, {base.rps or 0:,.0f} "
+        f"rps, {_latencies(base)}"
     )
     if traced is not None:
         msg += f"; {_spans_text(traced)}"
@@ -635,6 +731,7 @@ def obs_verdict(
         traced.spans_received if traced else None,
         traced.spans_late if traced else None,
         traced.requests if traced else None,
+        rounds,
     )
 
 
@@ -653,6 +750,8 @@ OBS_COLUMNS: tuple[str, ...] = (
     "spans",
     "spans/req",
 )
+# The column obs_table adds when the rows ran in rounds: round_cpu_text.
+OBS_ROUNDS_COLUMN = "cpu rounds"
 
 
 def obs_table_rows(measurements: Sequence[Measurement]) -> list[list[str]]:
@@ -689,6 +788,16 @@ def obs_table_rows(measurements: Sequence[Measurement]) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def obs_table(measurements: Sequence[Measurement]) -> tuple[tuple[str, ...], list[list[str]]]:
+    """The observability case's columns and rows: OBS_COLUMNS, plus OBS_ROUNDS_COLUMN when
+    the rows ran in rounds, so each row's median can be read against its rounds."""
+    rows = obs_table_rows(measurements)
+    if all(m.round_cpu_us_per_req is None for m in measurements):
+        return OBS_COLUMNS, rows
+    cells = [[*row, round_cpu_text(m)] for row, m in zip(rows, measurements, strict=True)]
+    return (*OBS_COLUMNS, OBS_ROUNDS_COLUMN), cells
 
 
 def obs_figures(m: Measurement, measurements: Sequence[Measurement]) -> dict[str, object]:

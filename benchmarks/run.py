@@ -25,10 +25,12 @@ from benchmarks.cases import (  # noqa: E402
     ALL_CASES,
     QUICK_CASES,
     SPECIAL_CASES,
+    case_rounds,
     case_targets,
     count_runs,
     estimate_seconds,
     plan_summary,
+    round_plan,
     select_cases,
     select_targets,
     settle_overhead_s,
@@ -36,7 +38,12 @@ from benchmarks.cases import (  # noqa: E402
 )
 from benchmarks.machine import ensure_tools, git_info, machine_info  # noqa: E402
 from benchmarks.measure import measure  # noqa: E402
-from benchmarks.obs_case import OBS_CASE_NOTE, obs_parameters, start_obs_targets  # noqa: E402
+from benchmarks.obs_case import (  # noqa: E402
+    OBS_CASE_NOTE,
+    obs_parameters,
+    obs_rounds_note,
+    start_obs_targets,
+)
 from benchmarks.probe import BenchError  # noqa: E402
 from benchmarks.procs import install_exit_signal_handlers  # noqa: E402
 from benchmarks.report import (  # noqa: E402
@@ -44,12 +51,17 @@ from benchmarks.report import (  # noqa: E402
     FASTPROXY,
     NGINX,
     OBS_CASE,
+    OBS_ROUNDS,
     OBS_TARGETS,
     RELAY,
     RETRY_CASE,
     RETRY_TARGETS,
     TARGETS,
     Measurement,
+    merge_rounds,
+    round_count,
+    run_count,
+    run_errors,
 )
 from benchmarks.retry_case import (  # noqa: E402
     RETRY_CASE_NOTE,
@@ -131,12 +143,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="ARG",
         help="extra argument for `fastproxy run` (repeatable), e.g. --fastproxy-arg=--foo",
     )
+    p.add_argument(
+        "--obs-rounds",
+        type=int,
+        default=OBS_ROUNDS,
+        metavar="N",
+        help=f"measure {OBS_CASE}'s rows in N interleaved rounds and report each row's median "
+        f"run (default {OBS_ROUNDS}; 1: each row once)",
+    )
     p.add_argument("--no-save", action="store_true", help="print results but write no files")
     args = p.parse_args(argv)
     if args.duration is None:
         args.duration = float(QUICK_DURATION_S if args.quick else DEFAULT_DURATION_S)
     if args.duration <= 0 or args.warmup < 0:
         p.error("--duration must be > 0 and --warmup >= 0")
+    if args.obs_rounds < 1:
+        p.error("--obs-rounds must be >= 1")
     try:
         args.case_list = select_cases(args.cases, args.quick)
         args.target_list = select_targets(args.targets)
@@ -190,6 +212,9 @@ def render_markdown(doc: dict[str, Any], measurements: Sequence[Measurement]) ->
             lines += [RETRY_CASE_NOTE, ""]
         elif ms[0].case == OBS_CASE:
             lines += [OBS_CASE_NOTE, ""]
+            rounds_note = obs_rounds_note(round_count(ms))
+            if rounds_note:
+                lines += [rounds_note, ""]
     lines += [f"**Verdict: {v['status']}** - {v['message']}", ""]
     rv = doc.get("retry_verdict")
     if rv is not None:
@@ -198,13 +223,13 @@ def render_markdown(doc: dict[str, Any], measurements: Sequence[Measurement]) ->
     if ov is not None:
         lines += [f"**Observability verdict: {ov['status']}** - {ov['message']}", ""]
     start_errors: dict[str, str] = doc["start_errors"]
-    errors = [m for m in measurements if m.error and m.target not in start_errors]
+    errors = [e for m in measurements if m.target not in start_errors for e in run_errors(m)]
     if start_errors or errors:
         lines += ["## Errors", ""]
         for name, err in start_errors.items():
             lines += [f"- start error, {name}:", "", "```", err.strip(), "```", ""]
-        for m in errors:
-            lines += [f"- {m.case} {m.target}:", "", "```", (m.error or "").strip(), "```", ""]
+        for head, err in errors:
+            lines += [f"- {head}:", "", "```", err.strip(), "```", ""]
     return "\n".join(lines)
 
 
@@ -219,11 +244,13 @@ def save(doc: dict[str, Any], markdown: str, outdir: Path) -> tuple[Path, Path]:
     return jpath, mpath
 
 
-def _progress(i: int, n: int, m: Measurement) -> str:
+def _progress(i: int, n: int, m: Measurement, rnd: int = 1, rounds: int = 1) -> str:
     # The retry and observability cases' row names are longer.
     widths = {RETRY_CASE: max(map(len, RETRY_TARGETS)), OBS_CASE: max(map(len, OBS_TARGETS))}
     width = widths.get(m.case, 12)
     head = f"[{i}/{n}] {m.case:<10} {m.target:<{width}}"
+    if rounds > 1:
+        head += f" (round {rnd}/{rounds})"
     if m.error:
         return f"{head} ERROR: {m.error.splitlines()[0]}"
     cpu = f"  proxy {m.proxy_cpu_us_per_req:.1f} us/req" if m.proxy_cpu_us_per_req else ""
@@ -240,6 +267,16 @@ def _progress(i: int, n: int, m: Measurement) -> str:
     return f"{head} {m.rps or 0:>10,.0f} rps  p99 {p99} ms{cpu}{retry}{noise}"
 
 
+def _not_measured(case: str, name: str, start_error: str) -> Measurement:
+    """The failed Measurement of a row that could not start."""
+    size, conns = split_case(case)
+    m = Measurement(case, size, nginx_conf.SIZES[size], conns, name)
+    if case == RETRY_CASE:
+        m.app_fail_every, m.app_fail_count = RETRY_ROW_APPS[name]
+    m.error = f"not measured; {start_error.splitlines()[0]} (details under start errors)"
+    return m
+
+
 def _f3(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -251,16 +288,15 @@ def run(args: argparse.Namespace) -> int:
     """Start servers, measure every (case, target), report and save; return exit code."""
     wrk, nginx = ensure_tools()
     started = dt.datetime.now(dt.UTC)
-    n_runs = count_runs(args.case_list, args.target_list)
-    est = estimate_seconds(
-        n_runs, args.duration, args.warmup, settle_overhead_s(args.case_list, args.target_list)
-    )
+    n_runs = count_runs(args.case_list, args.target_list, args.obs_rounds)
+    settle_s = settle_overhead_s(args.case_list, args.target_list, args.obs_rounds)
+    est = estimate_seconds(n_runs, args.duration, args.warmup, settle_s)
     plain = [c for c in args.case_list if c not in SPECIAL_CASES]
     retry_rows = case_targets(RETRY_CASE, args.target_list) if RETRY_CASE in args.case_list else []
     obs_rows = case_targets(OBS_CASE, args.target_list) if OBS_CASE in args.case_list else []
     print(
-        f"{plan_summary(args.case_list, args.target_list)} of {args.warmup:g}+{args.duration:g}"
-        f" s; estimated {est:.0f} s (~{est / 60:.1f} min)",
+        f"{plan_summary(args.case_list, args.target_list, args.obs_rounds)} of "
+        f"{args.warmup:g}+{args.duration:g} s; estimated {est:.0f} s (~{est / 60:.1f} min)",
         flush=True,
     )
     machine = machine_info(wrk, nginx)
@@ -305,20 +341,18 @@ def run(args: argparse.Namespace) -> int:
                 print(f"ERROR: {err}\n", file=sys.stderr, flush=True)
         i = 0
         for case in args.case_list:
-            for name in case_targets(case, args.target_list):
+            rounds = case_rounds(case, args.obs_rounds)
+            runs: list[Measurement] = []
+            for rnd, name in round_plan(case_targets(case, args.target_list), rounds):
                 i += 1
                 if name in targets:
                     m = measure(bench, targets[name], case)
                 else:
-                    size, conns = split_case(case)
-                    first_line = target_errors[name].splitlines()[0]
-                    m = Measurement(case, size, nginx_conf.SIZES[size], conns, name)
-                    if case == RETRY_CASE:
-                        m.app_fail_every, m.app_fail_count = RETRY_ROW_APPS[name]
-                    m.error = f"not measured; {first_line} (details under start errors)"
-                measurements.append(m)
-                print(_progress(i, n_runs, m), flush=True)
+                    m = _not_measured(case, name, target_errors[name])
+                runs.append(m)
+                print(_progress(i, n_runs, m, rnd, rounds), flush=True)
                 time.sleep(0.2)  # let the previous run's connections close
+            measurements += merge_rounds(runs) if rounds > 1 else runs
     finally:
         bench.close()
 
@@ -368,7 +402,7 @@ def run(args: argparse.Namespace) -> int:
     if RETRY_CASE in args.case_list:
         doc["parameters"]["retry_case"] = retry_parameters(retry_rows)
     if OBS_CASE in args.case_list:
-        doc["parameters"]["obs_case"] = obs_parameters(obs_rows, obs_configs)
+        doc["parameters"]["obs_case"] = obs_parameters(obs_rows, obs_configs, args.obs_rounds)
     markdown = render_markdown(doc, measurements)
 
     print()
@@ -386,14 +420,16 @@ def run(args: argparse.Namespace) -> int:
         jpath, mpath = save(doc, markdown, args.output)
         print(f"saved {jpath} and {mpath} (also {args.output / 'latest.md'})")
 
-    failed = [m for m in measurements if m.error]
+    # Every run counts, also a failed round behind a row reported from its other rounds.
+    failed = [(m.target, e) for m in measurements for e in run_errors(m)]
     if failed:
-        print(f"\n!!! {len(failed)} of {len(measurements)} runs FAILED", file=sys.stderr)
+        n_done = sum(run_count(m) for m in measurements)
+        print(f"\n!!! {len(failed)} of {n_done} runs FAILED", file=sys.stderr)
         for name, err in target_errors.items():
             print(f"--- start error, {name}:\n{err.strip()}", file=sys.stderr)
-        for m in failed:
-            if m.target not in target_errors:
-                print(f"--- {m.case} {m.target}:\n{(m.error or '').strip()}", file=sys.stderr)
+        for target, (head, err) in failed:
+            if target not in target_errors:
+                print(f"--- {head}:\n{err.strip()}", file=sys.stderr)
         return 1
     if args.strict and v.status != "PASS":
         return 1

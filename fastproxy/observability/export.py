@@ -35,7 +35,9 @@ _READ_SIZE: Final = 65536
 # -- encoders --------------------------------------------------------------------------------
 #
 # A span is one `%` of a byte template, written out where it is used: mypyc compiles a
-# literal template into a single concatenation. Only a value holding a byte that JSON
+# literal template into a single concatenation. What surrounds a span's ids and times is
+# worked out once for a run of spans of the same shape (one endpoint answering alike),
+# which is what a busy sidecar's batch mostly holds. Only a value holding a byte that JSON
 # must escape (a quote, a backslash, a control byte, non-ASCII) goes through `json.dumps`.
 # Wire bytes read as latin-1, so the JSON carries the text `Span.attributes` reports.
 # The body is joined once: a batch is hundreds of kilobytes, and every extra copy is a
@@ -82,57 +84,58 @@ _ZIPKIN_ERRORS: Final = {status: _zipkin_error(status) for status in _ERROR_STAT
 _OTLP_ERRORS: Final = {status: _otlp_error(status) for status in _ERROR_STATUSES}
 
 
-class _Texts:
-    """One batch's JSON-ready text: the current span's wire fields, and the str fields seen.
+def _json_ids(span: Span) -> tuple[bytes, bytes, bytes]:
+    """The span's trace, span and parent ids as the inside of JSON strings: as they are
+    (lowercase hex, whenever fastproxy made or checked them), unless unsafe."""
+    trace_id = span.trace_id
+    span_id = span.span_id
+    parent_id = span.parent_id
+    joined = trace_id + span_id + parent_id
+    if joined.translate(_UNSAFE_TO_SPACE) == joined:
+        return trace_id, span_id, parent_id
+    return _json_bytes(trace_id), _json_bytes(span_id), _json_bytes(parent_id)
 
-    The str fields (target app, server address) repeat across a batch, so each distinct
-    value is checked, and escaped if need be, once per batch rather than once per span.
-    """
 
-    __slots__ = ("_strs", "method", "parent_id", "path", "span_id", "trace_id", "url", "verb")
-
-    def __init__(self) -> None:
-        self._strs: dict[str, bytes] = {}
-        self.trace_id = b""
-        self.span_id = b""
-        self.parent_id = b""
-        self.method = b""
-        self.verb = b""
-        self.path = b""
-        self.url = b""
-
-    def load(self, span: Span) -> None:
-        """Take `span`'s wire fields, escaped where needed: one check for them all."""
-        trace_id = span.trace_id
-        span_id = span.span_id
-        parent_id = span.parent_id
-        method = span.method
-        verb = span.verb
-        path = span.path
-        url = span.url
-        joined = b"".join((trace_id, span_id, parent_id, method, verb, path, url))
-        if joined.translate(_UNSAFE_TO_SPACE) != joined:
-            trace_id = _json_bytes(trace_id)
-            span_id = _json_bytes(span_id)
-            parent_id = _json_bytes(parent_id)
-            method = _json_bytes(method)
-            verb = _json_bytes(verb)
-            path = _json_bytes(path)
-            url = _json_bytes(url)
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.parent_id = parent_id
-        self.method = method
-        self.verb = verb
-        self.path = path
-        self.url = url
-
-    def text(self, value: str) -> bytes:
-        strs = self._strs
-        escaped = strs.get(value)
-        if escaped is None:
-            escaped = strs[value] = _json_str(value)
-        return escaped
+def _zipkin_shape(span: Span, endpoint: bytes) -> tuple[bytes, bytes]:
+    """The JSON of a Zipkin span around its ids and times: what comes between the ids
+    and the timestamp, and what follows the duration. Spans of the same shape (see
+    `Span.same_shape`) share it, so a batch of like requests works it out once."""
+    target = _json_str(span.target_app_id)
+    verb = _json_bytes(span.verb)
+    server = b""
+    if span.server_address:
+        address = _json_str(span.server_address)
+        if span.server_port:
+            server = b',"server.address":"%s","server.port":"%d"' % (address, span.server_port)
+        else:
+            server = b',"server.address":"%s"' % address
+    status = span.status
+    error = b""
+    if status >= 400:
+        error = _ZIPKIN_ERRORS.get(status) or _zipkin_error(status)
+    head = b',"name":"CallLocal/%s/%s","kind":"%s","timestamp":' % (
+        target,
+        _json_bytes(span.method),
+        _ZIPKIN_KIND[span.kind],
+    )
+    tail = (
+        b',"localEndpoint":%s,"tags":{%s"rpc.service":"ServiceInvocation",'
+        b'"net.peer.name":"%s","dapr.protocol":"http","dapr.api":"%s %s",'
+        b'"dapr.status_code":"%d","http.request.method":"%s","url.full":"%s"%s%s}}'
+        % (
+            endpoint,
+            _zipkin_header_tags(span) if span.headers else b"",
+            target,
+            verb,
+            _json_bytes(span.path),
+            status,
+            verb,
+            _json_bytes(span.url),
+            server,
+            error,
+        )
+    )
+    return head, tail
 
 
 def encode_zipkin(spans: Iterable[Span], service_name: str) -> bytes:
@@ -142,52 +145,28 @@ def encode_zipkin(spans: Iterable[Span], service_name: str) -> bytes:
     shorter than 1 µs is reported as 1 µs. Error spans carry the `error` tag
     (Zipkin's marker) and `otel.status_code`, as OpenTelemetry's exporter writes.
     """
-    texts = _Texts()
     endpoint = b'{"serviceName":"%s"}' % _json_str(service_name)
     records = [b"["]
     comma = b""
+    shape: Span | None = None
+    head = tail = b""
     for span in spans:
-        texts.load(span)
-        target = texts.text(span.target_app_id)
-        parent = b""
-        if texts.parent_id:
-            parent = b',"parentId":"%s"' % texts.parent_id
-        server = b""
-        if span.server_address:
-            address = texts.text(span.server_address)
-            if span.server_port:
-                server = b',"server.address":"%s","server.port":"%d"' % (address, span.server_port)
-            else:
-                server = b',"server.address":"%s"' % address
-        status = span.status
-        error = b""
-        if status >= 400:
-            error = _ZIPKIN_ERRORS.get(status) or _zipkin_error(status)
+        if shape is None or not span.same_shape(shape):
+            head, tail = _zipkin_shape(span, endpoint)
+            shape = span
+        trace_id, span_id, parent_id = _json_ids(span)
+        parent = b',"parentId":"%s"' % parent_id if parent_id else b""
         records.append(
-            b'%s{"traceId":"%s","id":"%s"%s,"name":"CallLocal/%s/%s","kind":"%s","timestamp":%d,'
-            b'"duration":%d,"localEndpoint":%s,"tags":{%s"rpc.service":"ServiceInvocation",'
-            b'"net.peer.name":"%s","dapr.protocol":"http","dapr.api":"%s %s",'
-            b'"dapr.status_code":"%d","http.request.method":"%s","url.full":"%s"%s%s}}'
+            b'%s{"traceId":"%s","id":"%s"%s%s%d,"duration":%d%s'
             % (
                 comma,
-                texts.trace_id,
-                texts.span_id,
+                trace_id,
+                span_id,
                 parent,
-                target,
-                texts.method,
-                _ZIPKIN_KIND[span.kind],
+                head,
                 span.start_ns // 1000,
                 max(1, (span.end_ns - span.start_ns) // 1000),
-                endpoint,
-                _zipkin_header_tags(span) if span.headers else b"",
-                target,
-                texts.verb,
-                texts.path,
-                status,
-                texts.verb,
-                texts.url,
-                server,
-                error,
+                tail,
             )
         )
         comma = b","
@@ -202,70 +181,77 @@ def _zipkin_header_tags(span: Span) -> bytes:
     )
 
 
+def _otlp_shape(span: Span) -> tuple[bytes, bytes]:
+    """The JSON of an OTLP span around its ids and times: what comes between the ids and
+    the start time's digits, and what follows the end time's (see `_zipkin_shape`)."""
+    target = _json_str(span.target_app_id)
+    verb = _json_bytes(span.verb)
+    server = b""
+    if span.server_address:
+        address = _json_str(span.server_address)
+        if span.server_port:
+            server = (
+                b',{"key":"server.address","value":{"stringValue":"%s"}}'
+                b',{"key":"server.port","value":{"stringValue":"%d"}}' % (address, span.server_port)
+            )
+        else:
+            server = b',{"key":"server.address","value":{"stringValue":"%s"}}' % address
+    status = span.status
+    state = _OTLP_STATUS_UNSET
+    if status >= 400:
+        state = _OTLP_ERRORS.get(status) or _otlp_error(status)
+    head = b',"name":"CallLocal/%s/%s","kind":%s,"startTimeUnixNano":"' % (
+        target,
+        _json_bytes(span.method),
+        _OTLP_KIND[span.kind],
+    )
+    tail = (
+        b'","attributes":[%s'
+        b'{"key":"rpc.service","value":{"stringValue":"ServiceInvocation"}},'
+        b'{"key":"net.peer.name","value":{"stringValue":"%s"}},'
+        b'{"key":"dapr.protocol","value":{"stringValue":"http"}},'
+        b'{"key":"dapr.api","value":{"stringValue":"%s %s"}},'
+        b'{"key":"dapr.status_code","value":{"stringValue":"%d"}},'
+        b'{"key":"http.request.method","value":{"stringValue":"%s"}},'
+        b'{"key":"url.full","value":{"stringValue":"%s"}}%s],"status":%s}'
+        % (
+            _otlp_header_attributes(span) if span.headers else b"",
+            target,
+            verb,
+            _json_bytes(span.path),
+            status,
+            verb,
+            _json_bytes(span.url),
+            server,
+            state,
+        )
+    )
+    return head, tail
+
+
 def encode_otlp_json(spans: Iterable[Span], service_name: str) -> bytes:
     """An OTLP/HTTP JSON `ExportTraceServiceRequest`, as POSTed to `/v1/traces`.
 
     OTLP/JSON departs from protobuf's JSON mapping on purpose: ids are hex,
     not base64; enums are integers; 64-bit times are decimal strings.
     """
-    texts = _Texts()
     records = [
         b'{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name",'
         b'"value":{"stringValue":"%s"}}]},"scopeSpans":[{"scope":{"name":"%s"},"spans":['
         % (_json_str(service_name), _json_str(SCOPE_NAME))
     ]
     comma = b""
+    shape: Span | None = None
+    head = tail = b""
     for span in spans:
-        texts.load(span)
-        target = texts.text(span.target_app_id)
-        parent = b""
-        if texts.parent_id:
-            parent = b',"parentSpanId":"%s"' % texts.parent_id
-        server = b""
-        if span.server_address:
-            address = texts.text(span.server_address)
-            if span.server_port:
-                server = (
-                    b',{"key":"server.address","value":{"stringValue":"%s"}}'
-                    b',{"key":"server.port","value":{"stringValue":"%d"}}'
-                    % (address, span.server_port)
-                )
-            else:
-                server = b',{"key":"server.address","value":{"stringValue":"%s"}}' % address
-        status = span.status
-        state = _OTLP_STATUS_UNSET
-        if status >= 400:
-            state = _OTLP_ERRORS.get(status) or _otlp_error(status)
+        if shape is None or not span.same_shape(shape):
+            head, tail = _otlp_shape(span)
+            shape = span
+        trace_id, span_id, parent_id = _json_ids(span)
+        parent = b',"parentSpanId":"%s"' % parent_id if parent_id else b""
         records.append(
-            b'%s{"traceId":"%s","spanId":"%s"%s,"name":"CallLocal/%s/%s","kind":%s,'
-            b'"startTimeUnixNano":"%d","endTimeUnixNano":"%d","attributes":[%s'
-            b'{"key":"rpc.service","value":{"stringValue":"ServiceInvocation"}},'
-            b'{"key":"net.peer.name","value":{"stringValue":"%s"}},'
-            b'{"key":"dapr.protocol","value":{"stringValue":"http"}},'
-            b'{"key":"dapr.api","value":{"stringValue":"%s %s"}},'
-            b'{"key":"dapr.status_code","value":{"stringValue":"%d"}},'
-            b'{"key":"http.request.method","value":{"stringValue":"%s"}},'
-            b'{"key":"url.full","value":{"stringValue":"%s"}}%s],"status":%s}'
-            % (
-                comma,
-                texts.trace_id,
-                texts.span_id,
-                parent,
-                target,
-                texts.method,
-                _OTLP_KIND[span.kind],
-                span.start_ns,
-                span.end_ns,
-                _otlp_header_attributes(span) if span.headers else b"",
-                target,
-                texts.verb,
-                texts.path,
-                status,
-                texts.verb,
-                texts.url,
-                server,
-                state,
-            )
+            b'%s{"traceId":"%s","spanId":"%s"%s%s%d","endTimeUnixNano":"%d%s'
+            % (comma, trace_id, span_id, parent, head, span.start_ns, span.end_ns, tail)
         )
         comma = b","
     records.append(b"]}]}]}")

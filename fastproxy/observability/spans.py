@@ -138,6 +138,22 @@ class Span:  # noqa: PLW1641
                 attributes["server.port"] = str(self.server_port)
         return attributes
 
+    def same_shape(self, other: Span) -> bool:
+        """Whether the two differ at most in their ids and times, so that encoders can
+        reuse the rest of one's text for the other."""
+        return (
+            self.status == other.status
+            and self.path == other.path
+            and self.method == other.method
+            and self.url == other.url
+            and self.verb == other.verb
+            and self.kind == other.kind
+            and self.target_app_id == other.target_app_id
+            and self.server_port == other.server_port
+            and self.server_address == other.server_address
+            and self.headers == other.headers
+        )
+
     def _fields(self) -> tuple[object, ...]:
         return (
             self.trace_id,

@@ -24,10 +24,12 @@ from benchmarks.cases import (
     CASE_ALIASES,
     QUICK_CASES,
     SPECIAL_CASES,
+    case_rounds,
     case_targets,
     count_runs,
     estimate_seconds,
     plan_summary,
+    round_plan,
     select_cases,
     settle_overhead_s,
     split_case,
@@ -45,6 +47,8 @@ from benchmarks.obs_case import (
     collector_counters,
     count_run_spans,
     obs_configuration_yaml,
+    obs_parameters,
+    obs_rounds_note,
     traceparent_state,
 )
 from benchmarks.probe import BenchError
@@ -58,6 +62,8 @@ from benchmarks.report import (
     OBS_CASE,
     OBS_COLUMNS,
     OBS_METRICS_CPU_MAX,
+    OBS_ROUNDS,
+    OBS_ROUNDS_COLUMN,
     OBS_ROW_SETUP,
     OBS_TARGETS,
     OBS_TRACED_CPU_MAX,
@@ -66,12 +72,18 @@ from benchmarks.report import (
     case_title,
     format_markdown_table,
     format_text_table,
+    median_run,
+    merge_rounds,
     obs_figures,
     obs_verdict,
+    round_count,
+    round_cpu_text,
+    run_count,
+    run_errors,
     spans_per_request,
     spans_total,
 )
-from benchmarks.run import parse_args, render_markdown
+from benchmarks.run import _progress, parse_args, render_markdown
 from benchmarks.targets import (
     APP_ID,
     FASTPROXY_PORT_FLAGS,
@@ -820,3 +832,280 @@ def test_markdown_has_obs_note_and_verdict() -> None:
     assert f"**Observability verdict: PASS** - {v.message}" in md
     assert METRICS_OFF_FLAG in md.split("## ")[0]  # the legend says how fastproxy runs
     assert "Observability verdict" not in render_markdown(_doc(None), [OFF])
+
+
+# --------------------------------------------------------------------------- rounds
+
+
+def _rounds(
+    target: str, *cpus: float | None, errors: dict[int, str] | None = None
+) -> list[Measurement]:
+    """One row's runs in run order, told apart by rps (1000 x the round) and spans."""
+    errors = errors or {}
+    return [
+        _m(target, cpu, 1000.0 * k, spans=k, late=10 * k, error=errors.get(k))
+        for k, cpu in enumerate(cpus, 1)
+    ]
+
+
+def test_obs_rounds_default_and_option() -> None:
+    assert OBS_ROUNDS == 3
+    assert parse_args([]).obs_rounds == OBS_ROUNDS
+    assert parse_args(["--obs-rounds", "1"]).obs_rounds == 1
+    assert parse_args(["--obs-rounds", "5", "--cases", "obs"]).obs_rounds == 5
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "x"])
+def test_obs_rounds_option_rejects(value: str) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--obs-rounds", value])
+
+
+def test_round_plan_interleaves_rows() -> None:
+    rows = list(OBS_TARGETS)
+    assert round_plan(rows, 2) == [
+        (1, FASTPROXY_OBS_OFF),
+        (1, FASTPROXY_METRICS),
+        (1, FASTPROXY_TRACED),
+        (2, FASTPROXY_OBS_OFF),
+        (2, FASTPROXY_METRICS),
+        (2, FASTPROXY_TRACED),
+    ]
+    assert round_plan(["direct", NGINX], 1) == [(1, "direct"), (1, NGINX)]
+    assert round_plan([], 3) == []
+
+
+@pytest.mark.parametrize(
+    ("case", "want"), [(OBS_CASE, 4), (RETRY_CASE, 1), ("small-c50", 1), ("64k-c1", 1)]
+)
+def test_case_rounds_only_for_obs(case: str, want: int) -> None:
+    assert case_rounds(case, 4) == want
+
+
+@pytest.mark.parametrize(
+    ("cases", "targets", "rounds", "runs", "summary", "settle"),
+    [
+        (
+            list(ALL_CASES),
+            ALL_TARGETS,
+            3,
+            37,
+            "6 cases x 4 targets + small-c50-retry x 4 + small-c50-obs x 3 x 3 rounds = 37 runs",
+            3 * OBS_SETTLE_OVERHEAD_S,
+        ),
+        ([OBS_CASE], [FASTPROXY], 2, 6, "small-c50-obs x 3 x 2 rounds = 6 runs", 6.0),
+        ([OBS_CASE], [FASTPROXY], 1, 3, "small-c50-obs x 3 = 3 runs", OBS_SETTLE_OVERHEAD_S),
+        (["small-c50", RETRY_CASE], ALL_TARGETS, 3, 8, None, 0.0),
+    ],
+    ids=["all", "obs-2-rounds", "obs-1-round", "no-obs-case"],
+)
+def test_runs_and_estimate_count_the_rounds(
+    cases: list[str],
+    targets: list[str],
+    rounds: int,
+    runs: int,
+    summary: str | None,
+    settle: float,
+) -> None:
+    assert count_runs(cases, targets, rounds) == runs
+    if summary is not None:
+        assert plan_summary(cases, targets, rounds) == summary
+    assert settle_overhead_s(cases, targets, rounds) == pytest.approx(settle)
+    assert OBS_SETTLE_OVERHEAD_S == 3.0
+
+
+@pytest.mark.parametrize(
+    ("cpus", "errors", "chosen_round"),
+    [
+        ((14.6, 14.2, 14.9), {}, 1),
+        ((15.0, 13.0, 14.0, 16.0), {}, 3),  # even: the lower middle (14.0)
+        ((14.0, 14.0, 15.0), {}, 2),  # a tie, kept in run order: round 2 is the middle
+        ((1.0, 14.0, 15.0, 16.0), {1: "wrk failed"}, 3),  # failed: no candidate
+        ((14.0, 30.0, 15.0), {2: "died"}, 1),  # two left: the lower
+        ((9.0,), {}, 1),
+        ((20.0, 18.0, 30.0), {1: "a", 3: "b"}, 2),  # the only success
+        ((None, 12.0, None), {}, 2),  # no CPU figure: no candidate
+        ((None, None), {}, 1),  # no figure at all: the first successful run
+    ],
+    ids=[
+        "odd",
+        "even",
+        "tie",
+        "failed-low-skipped",
+        "failed-high-skipped",
+        "one-run",
+        "one-success",
+        "cpu-missing",
+        "no-cpu-at-all",
+    ],
+)
+def test_median_run(
+    cpus: tuple[float | None, ...], errors: dict[int, str], chosen_round: int
+) -> None:
+    runs = _rounds(FASTPROXY_METRICS, *cpus, errors=errors)
+    m = median_run(runs)
+    chosen = runs[chosen_round - 1]
+    # Taken whole: the figures of one run, never mixed.
+    assert m.rps == chosen.rps == 1000.0 * chosen_round
+    assert (m.spans_received, m.spans_late) == (chosen_round, 10 * chosen_round)
+    assert m.proxy_cpu_us_per_req == chosen.proxy_cpu_us_per_req
+    assert m.error is None
+    assert m.round_cpu_us_per_req == [None if k in errors else cpu for k, cpu in enumerate(cpus, 1)]
+    assert m.round_errors == [errors.get(k) for k in range(1, len(cpus) + 1)]
+    assert runs[0].round_cpu_us_per_req is None  # the runs themselves are left alone
+
+
+def test_median_run_all_failed_reports_the_first() -> None:
+    runs = _rounds(FASTPROXY_TRACED, 20.0, 21.0, 22.0, errors={1: "x", 2: "y", 3: "z"})
+    m = median_run(runs)
+    assert (m.error, m.rps) == ("x", 1000.0)
+    assert m.round_cpu_us_per_req == [None, None, None]
+    assert m.round_errors == ["x", "y", "z"]
+
+
+def test_median_run_needs_a_run() -> None:
+    with pytest.raises(ValueError, match="at least one run"):
+        median_run([])
+
+
+def test_merge_rounds_one_median_per_row_in_row_order() -> None:
+    cpus = {
+        FASTPROXY_OBS_OFF: (20.0, 19.0, 21.0),
+        FASTPROXY_METRICS: (22.0, 21.0, 20.5),
+        FASTPROXY_TRACED: (26.0, 27.0, 25.0),
+    }
+    runs = [_m(row, cpus[row][k - 1], 100.0 * k) for k, row in round_plan(list(OBS_TARGETS), 3)]
+    merged = merge_rounds(runs)
+    assert [m.target for m in merged] == list(OBS_TARGETS)
+    assert [m.proxy_cpu_us_per_req for m in merged] == [20.0, 21.0, 26.0]
+    assert [m.rps for m in merged] == [100.0, 200.0, 100.0]
+    assert [m.round_cpu_us_per_req for m in merged] == [list(c) for c in cpus.values()]
+    assert round_count(merged) == 3
+    assert round_count([OFF]) == round_count([]) == 1
+
+
+def test_round_cpu_text() -> None:
+    merged = median_run(_rounds(FASTPROXY_OBS_OFF, 14.6, 14.2, 14.94))
+    assert round_cpu_text(merged) == "14.6 / 14.2 / 14.9"
+    failed = median_run(_rounds(FASTPROXY_OBS_OFF, 14.6, 9.0, None, errors={2: "x"}))
+    assert round_cpu_text(failed) == "14.6 / failed / -"
+    assert round_cpu_text(OFF) == "-"
+
+
+def test_run_errors_and_count() -> None:
+    assert run_errors(OFF) == []
+    assert run_count(OFF) == 1
+    plain = _m(FASTPROXY_METRICS, 1.0, error="boom")
+    assert run_errors(plain) == [(f"{OBS_CASE} {FASTPROXY_METRICS}", "boom")]
+    merged = median_run(_rounds(FASTPROXY_METRICS, 21.0, 20.0, 22.0, errors={2: "died\nlog"}))
+    assert merged.error is None
+    assert run_errors(merged) == [(f"{OBS_CASE} {FASTPROXY_METRICS} (round 2/3)", "died\nlog")]
+    assert run_count(merged) == 3
+
+
+def _merged_rows() -> list[Measurement]:
+    """Three rows of three rounds: medians 20.0, 21.0 and 25.0 us/req; fastproxy-metrics'
+    round 3 failed."""
+    return [
+        median_run(_rounds(FASTPROXY_OBS_OFF, 20.0, 19.0, 21.0)),
+        median_run(_rounds(FASTPROXY_METRICS, 22.0, 21.0, 5.0, errors={3: "metrics died"})),
+        median_run(_rounds(FASTPROXY_TRACED, 24.0, 26.0, 25.0)),
+    ]
+
+
+def test_obs_verdict_over_rounds() -> None:
+    v = obs_verdict(_merged_rows())
+    assert v.status == "PASS", v.message
+    assert v.rounds == 3
+    # metrics: 21.0 of the two that ran (the lower middle), not 5.0 of the failed one
+    assert v.metrics_cpu_ratio == pytest.approx(21.0 / 20.0)
+    assert v.traced_cpu_ratio == pytest.approx(25.0 / 20.0)
+    # traced's median run is round 3: its spans, its requests
+    assert (v.spans_received, v.spans_late, v.spans_requests) == (3, 30, 120_000)
+    assert v.message.startswith(f"{OBS_CASE}, median of 3 rounds: {FASTPROXY_METRICS} CPU ")
+    for needle in (
+        "fastproxy-metrics CPU 21.0 us/req (rounds 22.0 / 21.0 / failed) = 1.05x "
+        "(need <= 1.10: ok), 2,000 rps = 2.00x",
+        "fastproxy-traced CPU 25.0 us/req (rounds 24.0 / 26.0 / 25.0) = 1.25x",
+        "against fastproxy-obs-off 20.0 us/req (rounds 20.0 / 19.0 / 21.0), 1,000 rps",
+        "spans received 3 during the run",
+    ):
+        assert needle in v.message, v.message
+
+
+def test_obs_verdict_single_runs_say_nothing_of_rounds() -> None:
+    v = obs_verdict(VERDICT_CASES["pass"].rows)
+    assert v.rounds == 1
+    assert "round" not in v.message
+
+
+def test_obs_verdict_over_rounds_skipped() -> None:
+    rows = [median_run(_rounds(FASTPROXY_OBS_OFF, 1.0, 2.0, errors={1: "x", 2: "y"}))]
+    v = obs_verdict(rows)
+    assert (v.status, v.rounds) == ("SKIPPED", 2)
+    assert v.message == f"{OBS_CASE}, median of 2 rounds: no successful run of {FASTPROXY_OBS_OFF}"
+
+
+def test_obs_tables_over_rounds() -> None:
+    rows = _merged_rows()
+    lines = format_text_table(rows).splitlines()
+    assert lines[0].split()[-2:] == OBS_ROUNDS_COLUMN.split() == ["cpu", "rounds"]
+    assert lines[2].endswith("20.0 / 19.0 / 21.0")
+    assert lines[2].split()[8] == "20.0"  # proxy us/req: the median
+    assert lines[3].endswith("22.0 / 21.0 / failed")
+    md = format_markdown_table(rows).splitlines()
+    assert md[0] == "| " + " | ".join((*OBS_COLUMNS, OBS_ROUNDS_COLUMN)) + " |"
+    assert md[4].endswith("| 25.0 | 1.25 | 5.0 | 3 | 0.000 | 24.0 / 26.0 / 25.0 |")
+    # An all-failed row still shows its rounds.
+    failed = median_run(_rounds(FASTPROXY_TRACED, 1.0, 2.0, errors={1: "x", 2: "y"}))
+    err_line = format_text_table([rows[0], failed]).splitlines()[3]
+    assert err_line.split()[5] == "ERROR"
+    assert err_line.endswith("failed / failed")
+
+
+def test_obs_case_title_over_rounds() -> None:
+    assert case_title(_merged_rows()[0], 10.0) == (
+        f"{OBS_CASE}: 13 B body, 50 connections, 10 s; spans to benchmarks/collector.py; "
+        "median of 3 interleaved rounds"
+    )
+
+
+def test_obs_rounds_note() -> None:
+    assert obs_rounds_note(1) == ""
+    note = obs_rounds_note(3)
+    assert note.startswith("Each row is the median of 3 interleaved rounds")
+    assert f"{OBS_ROUNDS_COLUMN}: every round's proxy us/req in run order" in note
+    assert obs_parameters([], {}, 3)["rounds"] == 3
+
+
+def test_markdown_over_rounds() -> None:
+    rows = _merged_rows()
+    v = obs_verdict(rows)
+    md = render_markdown(_doc({"status": v.status, "message": v.message}), rows)
+    assert f"## {OBS_CASE}: 13 B body, 50 connections, 3 s; spans to " in md
+    assert "; median of 3 interleaved rounds\n" in md
+    assert f"{OBS_CASE_NOTE}\n\n{obs_rounds_note(3)}\n" in md
+    assert "| 21.0 | 1.05 | 5.0 | 2 | 0.000 | 22.0 / 21.0 / failed |" in md
+    assert f"**Observability verdict: PASS** - {OBS_CASE}, median of 3 rounds: " in md
+    # The failed round is reported although its row's median stands.
+    errors = md.split("## Errors\n", 1)[1]
+    assert f"- {OBS_CASE} {FASTPROXY_METRICS} (round 3/3):\n\n```\nmetrics died\n```" in errors
+
+
+def test_markdown_single_runs_say_nothing_of_rounds() -> None:
+    md = render_markdown(_doc(None), VERDICT_CASES["pass"].rows)
+    assert "interleaved" not in md
+    assert OBS_ROUNDS_COLUMN not in md
+    assert "## Errors" not in md
+
+
+def test_progress_names_the_round() -> None:
+    m = _m(FASTPROXY_OBS_OFF, 14.6, 40_000)
+    assert _progress(4, 9, m, 2, 3).startswith(
+        "[4/9] small-c50-obs fastproxy-obs-off (round 2/3)     40,000 rps  p99 4.000 ms"
+    )
+    assert "round" not in _progress(4, 9, m)
+    failed = _m(FASTPROXY_TRACED, None, error="died\nmore")
+    assert _progress(9, 9, failed, 3, 3) == (
+        "[9/9] small-c50-obs fastproxy-traced  (round 3/3) ERROR: died"
+    )

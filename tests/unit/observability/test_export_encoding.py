@@ -284,6 +284,32 @@ def test_encoders_keep_batch_order(
     assert json.loads(body) == reference(spans, service_name)
 
 
+@pytest.mark.parametrize(("encode", "reference"), REFERENCES)
+def test_a_batch_of_changing_shapes_encodes_every_span_as_itself(
+    encode: Encoder, reference: Callable[[list[Span], str], object]
+) -> None:
+    """What surrounds ids and times is reused only while spans keep their shape."""
+    shapes = [
+        {},
+        {},
+        {"status": 503},
+        {"path": b"/v1.0/invoke/orders/method/other", "method": b"other"},
+        {},
+        {"server_address": "10.1.2.3", "server_port": 8080},
+        {"kind": "SERVER", "target_app_id": "payments"},
+        {"headers": ((b"dapr-app-id", b"orders"),)},
+        {"verb": b"PUT", "url": HOSTILE_BYTES},
+        {},
+    ]
+    spans = [
+        _make(span_id=b"%016x" % (i + 1), start_ns=10**18 + i, **shape)
+        for i, shape in enumerate(shapes)
+    ]
+    body = encode(spans, "checkout")
+    assert body.isascii()
+    assert json.loads(body) == reference(spans, "checkout")
+
+
 @pytest.mark.parametrize("encode", ENCODERS)
 def test_hostile_values_round_trip(encode: Encoder) -> None:
     span = _make(

@@ -206,6 +206,36 @@ def test_spans_compare_by_every_field(changed: str, value: object) -> None:
     assert _span() != _span(**{changed: value})
 
 
+SHAPE_FIELDS: list[tuple[str, object]] = [
+    ("kind", "SERVER"),
+    ("target_app_id", "payments"),
+    ("method", b"/other"),
+    ("verb", b"GET"),
+    ("path", b"/v1.0/invoke/orders/method/other"),
+    ("url", b"/v1.0/invoke/orders/method/neworder?x=2"),
+    ("status", 500),
+    ("server_address", "10.0.0.8"),
+    ("server_port", 1),
+    ("headers", ((b"dapr-x", b"1"),)),
+]
+
+
+@pytest.mark.parametrize(
+    ("changed", "value"), [pytest.param(name, value, id=name) for name, value in SHAPE_FIELDS]
+)
+def test_a_span_differing_outside_ids_and_times_has_another_shape(
+    changed: str, value: object
+) -> None:
+    assert not _span().same_shape(_span(**{changed: value}))
+    assert not _span(**{changed: value}).same_shape(_span())
+
+
+def test_spans_differing_in_ids_and_times_only_share_their_shape() -> None:
+    other = _span(trace_id=b"1" * 32, span_id=b"2" * 16, parent_id=b"", start_ns=5, end_ns=6)
+    assert _span().same_shape(other)
+    assert other.same_shape(_span())
+
+
 @pytest.mark.parametrize(
     ("address", "port", "expected"),
     [
