@@ -96,6 +96,25 @@ def _json_ids(span: Span) -> tuple[bytes, bytes, bytes]:
     return _json_bytes(trace_id), _json_bytes(span_id), _json_bytes(parent_id)
 
 
+class _Shapes:
+    """The text around ids and times (see `_zipkin_shape`), kept for the last span's shape:
+    a run of like spans in a batch gets it worked out once."""
+
+    __slots__ = ("_last", "_make", "_texts")
+
+    def __init__(self, make: Callable[[Span], tuple[bytes, bytes]]) -> None:
+        self._make = make
+        self._last: Span | None = None
+        self._texts = (b"", b"")
+
+    def of(self, span: Span) -> tuple[bytes, bytes]:
+        last = self._last
+        if last is None or not span.same_shape(last):
+            self._texts = self._make(span)
+            self._last = span
+        return self._texts
+
+
 def _zipkin_shape(span: Span, endpoint: bytes) -> tuple[bytes, bytes]:
     """The JSON of a Zipkin span around its ids and times: what comes between the ids
     and the timestamp, and what follows the duration. Spans of the same shape (see
@@ -146,14 +165,11 @@ def encode_zipkin(spans: Iterable[Span], service_name: str) -> bytes:
     (Zipkin's marker) and `otel.status_code`, as OpenTelemetry's exporter writes.
     """
     endpoint = b'{"serviceName":"%s"}' % _json_str(service_name)
+    shapes = _Shapes(lambda span: _zipkin_shape(span, endpoint))
     records = [b"["]
     comma = b""
-    shape: Span | None = None
-    head = tail = b""
     for span in spans:
-        if shape is None or not span.same_shape(shape):
-            head, tail = _zipkin_shape(span, endpoint)
-            shape = span
+        head, tail = shapes.of(span)
         trace_id, span_id, parent_id = _json_ids(span)
         parent = b',"parentId":"%s"' % parent_id if parent_id else b""
         records.append(
@@ -240,13 +256,10 @@ def encode_otlp_json(spans: Iterable[Span], service_name: str) -> bytes:
         b'"value":{"stringValue":"%s"}}]},"scopeSpans":[{"scope":{"name":"%s"},"spans":['
         % (_json_str(service_name), _json_str(SCOPE_NAME))
     ]
+    shapes = _Shapes(_otlp_shape)
     comma = b""
-    shape: Span | None = None
-    head = tail = b""
     for span in spans:
-        if shape is None or not span.same_shape(shape):
-            head, tail = _otlp_shape(span)
-            shape = span
+        head, tail = shapes.of(span)
         trace_id, span_id, parent_id = _json_ids(span)
         parent = b',"parentSpanId":"%s"' % parent_id if parent_id else b""
         records.append(
