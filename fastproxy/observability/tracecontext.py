@@ -1,8 +1,9 @@
-"""W3C Trace Context on the request path: parse, validate, mint and format ids; sample.
+"""W3C Trace Context on the request path: parse and validate it, mint ids, sample.
 
 Runs for every request while tracing is on, so it works on the raw header bytes
 with C-level bytes operations (`translate`, `count`) instead of regexes, and
-allocates only the id slices it returns. No I/O, no clock.
+allocates only the id slices it returns. No clock; new ids come from `os.urandom`,
+drawn in bulk.
 """
 
 from __future__ import annotations
