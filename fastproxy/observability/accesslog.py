@@ -45,6 +45,33 @@ class AccessRecord:
     client: str  # the downstream peer address
 
 
+# What `obfuscateURLs` logs instead of a path: the route, never what a caller wrote into it
+# (app ids, method paths, metadata keys), which may be personal data.
+INVOKE_ROUTE: Final = "/v1.0/invoke/{id}/method/*"
+METADATA_KEY_ROUTE: Final = "/v1.0/metadata/{key}"
+APP_ROUTE: Final = "*"  # an app's own path, routed by the dapr-app-id header
+_FIXED_ROUTES: Final = frozenset({b"/v1.0/healthz", b"/v1.0/healthz/outbound", b"/v1.0/metadata"})
+_INVOKE_PREFIX: Final = b"/v1.0/invoke/"
+_METADATA_KEY_PREFIX: Final = b"/v1.0/metadata/"
+_HEALTH_PREFIX: Final = b"/v1.0/healthz"
+
+
+def obfuscated_path(path: bytes) -> str:
+    """The route of `path` as `spec.logging.apiLogging.obfuscateURLs` logs it."""
+    if path.startswith(_INVOKE_PREFIX):
+        return INVOKE_ROUTE
+    if path in _FIXED_ROUTES:
+        return path.decode("ascii")
+    if path.startswith(_METADATA_KEY_PREFIX):
+        return METADATA_KEY_ROUTE
+    return APP_ROUTE
+
+
+def is_health_check(path: bytes) -> bool:
+    """A call `spec.logging.apiLogging.omitHealthChecks` leaves out of the log."""
+    return path.startswith(_HEALTH_PREFIX)
+
+
 def rfc3339_ms(epoch: float) -> str:
     """UTC with milliseconds, the form daprd's JSON logs use."""
     seconds, millis = divmod(round(epoch * 1000), 1000)

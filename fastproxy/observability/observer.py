@@ -12,7 +12,12 @@ import time
 from collections.abc import Sequence
 from typing import Final
 
-from fastproxy.observability.accesslog import AccessLog, AccessRecord
+from fastproxy.observability.accesslog import (
+    AccessLog,
+    AccessRecord,
+    is_health_check,
+    obfuscated_path,
+)
 from fastproxy.observability.dapr_metrics import DaprMetrics
 from fastproxy.observability.export import BatchExporter
 from fastproxy.observability.observation import Observation
@@ -39,6 +44,8 @@ class Observer:
         "_exporters",
         "_ids",
         "_metrics",
+        "_obfuscate_urls",
+        "_omit_health_checks",
         "_sampler",
         "_server_timing",
         "app_id",
@@ -54,6 +61,8 @@ class Observer:
         exporters: Sequence[BatchExporter] = (),
         access_log: AccessLog | None = None,
         server_timing: bool = False,
+        omit_health_checks: bool = False,
+        obfuscate_urls: bool = False,
     ) -> None:
         self.app_id = app_id
         # With a sampler, the trace context is continued or started for every request
@@ -65,6 +74,9 @@ class Observer:
         self._exporters = tuple(exporters)
         self._access_log = access_log
         self.logs_access = access_log is not None
+        # spec.logging.apiLogging: health checks left out, routes logged instead of paths.
+        self._omit_health_checks = omit_health_checks
+        self._obfuscate_urls = obfuscate_urls
         self._server_timing = server_timing
 
     def __repr__(self) -> str:
@@ -129,12 +141,17 @@ class Observer:
             self._record(metrics, obs, total_s, upstream_s)
         if obs.sampled and self._exporters:
             self._export(obs, total_s)
-        if self._access_log is not None:
-            self._access_log.write(
+        access_log = self._access_log
+        if access_log is not None and not (self._omit_health_checks and is_health_check(obs.path)):
+            access_log.write(
                 AccessRecord(
                     time=_time() - total_s,
                     method=obs.method.decode("latin-1"),
-                    path=obs.path.decode("latin-1"),
+                    path=(
+                        obfuscated_path(obs.path)
+                        if self._obfuscate_urls
+                        else obs.path.decode("latin-1")
+                    ),
                     app_id=obs.target,
                     status=obs.status,
                     bytes_in=obs.bytes_in,

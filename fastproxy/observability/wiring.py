@@ -75,6 +75,8 @@ def build_observability(
             built.exporters,
             built.access_log,
             settings.server_timing,
+            settings.logging.omit_health_checks,
+            settings.logging.obfuscate_urls,
         )
     return built
 

@@ -248,6 +248,52 @@ async def test_configuration_turns_api_logging_on(logged: Logged) -> None:
 
 
 @pytest.mark.parametrize(
+    ("api_logging", "expected_paths"),
+    [
+        pytest.param(
+            {},
+            ["/v1.0/healthz", f"{APP}/orders/alice", "/customers/alice"],
+            id="as-sent",
+        ),
+        pytest.param(
+            {"omitHealthChecks": True},
+            [f"{APP}/orders/alice", "/customers/alice"],
+            id="omit-health-checks",
+        ),
+        pytest.param(
+            {"obfuscateURLs": True},
+            ["/v1.0/healthz", "/v1.0/invoke/{id}/method/*", "*"],
+            id="obfuscate-urls",
+        ),
+        pytest.param(
+            {"omitHealthChecks": True, "obfuscateURLs": True},
+            ["/v1.0/invoke/{id}/method/*", "*"],
+            id="both",
+        ),
+    ],
+)
+async def test_api_logging_options_leave_out_health_checks_and_paths(
+    logged: Logged, api_logging: dict[str, bool], expected_paths: list[str]
+) -> None:
+    """`omitHealthChecks` drops health check lines; `obfuscateURLs` logs routes, so a
+    caller's path (here, a customer's name) never reaches the log."""
+    async with asyncio.timeout(TEST_TIMEOUT):
+        spec = {"logging": {"apiLogging": {"enabled": True, **api_logging}}}
+        sidecar = await logged.start("json", spec, enable_api_logging=False)
+        await fetch(sidecar.http_port, "GET", "/v1.0/healthz", status=204)
+        await fetch(sidecar.http_port, "GET", f"{APP}/orders/alice")
+        await fetch(sidecar.http_port, "GET", "/customers/alice", {"dapr-app-id": "app"})
+        output = await logged.stop_and_read(sidecar)
+        lines = access_lines(output, "json")
+        assert [fields["path"] for fields in lines] == expected_paths
+        assert all(
+            fields["app_id"] == "app" for fields in lines if fields["path"] != "/v1.0/healthz"
+        )
+        if api_logging.get("obfuscateURLs"):
+            assert "alice" not in output
+
+
+@pytest.mark.parametrize(
     ("settings", "spec"),
     [
         pytest.param({}, None, id="default"),

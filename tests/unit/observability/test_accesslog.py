@@ -17,10 +17,15 @@ from typing import Any
 import pytest
 
 from fastproxy.observability.accesslog import (
+    APP_ROUTE,
+    INVOKE_ROUTE,
+    METADATA_KEY_ROUTE,
     AccessLog,
     AccessRecord,
     format_json,
     format_text,
+    is_health_check,
+    obfuscated_path,
     rfc3339_ms,
 )
 
@@ -400,3 +405,33 @@ def test_repr_shows_state_format_and_counts(logs: list[AccessLog]) -> None:
 def test_queue_must_hold_at_least_one_record() -> None:
     with pytest.raises(ValueError, match="max_queue"):
         AccessLog(io.StringIO(), as_json=False, max_queue=0)
+
+
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [
+        pytest.param(b"/v1.0/invoke/orders/method/customers/alice", INVOKE_ROUTE, id="invoke"),
+        pytest.param(b"/v1.0/invoke/orders.ns/method/", INVOKE_ROUTE, id="invoke-namespaced"),
+        pytest.param(b"/v1.0/healthz", "/v1.0/healthz", id="healthz"),
+        pytest.param(b"/v1.0/healthz/outbound", "/v1.0/healthz/outbound", id="outbound"),
+        pytest.param(b"/v1.0/metadata", "/v1.0/metadata", id="metadata"),
+        pytest.param(b"/v1.0/metadata/alice", METADATA_KEY_ROUTE, id="metadata-key"),
+        pytest.param(b"/customers/alice", APP_ROUTE, id="app-path"),
+        pytest.param(b"/v1.0/healthz/alice", APP_ROUTE, id="not-a-fixed-route"),
+    ],
+)
+def test_obfuscated_paths_name_the_route_only(path: bytes, route: str) -> None:
+    assert obfuscated_path(path) == route
+
+
+@pytest.mark.parametrize(
+    ("path", "health"),
+    [
+        (b"/v1.0/healthz", True),
+        (b"/v1.0/healthz/outbound", True),
+        (b"/v1.0/metadata", False),
+        (b"/v1.0/invoke/app/method/healthz", False),
+    ],
+)
+def test_health_checks_are_the_healthz_endpoints(path: bytes, health: bool) -> None:
+    assert is_health_check(path) is health
