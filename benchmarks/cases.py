@@ -19,6 +19,7 @@ from benchmarks.report import (
     RELAY,
     RETRY_CASE,
     RETRY_TARGETS,
+    ROUNDED_CASES,
     TARGETS,
 )
 from benchmarks.retry_case import RETRY_CASE_TARGETS
@@ -101,11 +102,11 @@ def case_targets(case: str, targets: Sequence[str]) -> list[str]:
     return list(targets)
 
 
-def case_rounds(case: str, obs_rounds: int) -> int:
-    """How many times each row of ``case`` runs: ``obs_rounds`` (--obs-rounds) for the
-    observability case, whose ratios one run per row leaves to the machine's drift; once
+def case_rounds(case: str, rounds: int) -> int:
+    """How many times each row of ``case`` runs: ``rounds`` (--rounds) for ROUNDED_CASES,
+    whose ratios are judged and which one run per row leaves to the machine's drift; once
     for every other case."""
-    return obs_rounds if case == OBS_CASE else 1
+    return rounds if case in ROUNDED_CASES else 1
 
 
 def round_plan(rows: Sequence[str], rounds: int) -> list[tuple[int, str]]:
@@ -114,30 +115,37 @@ def round_plan(rows: Sequence[str], rounds: int) -> list[tuple[int, str]]:
     return [(k, row) for k in range(1, rounds + 1) for row in rows]
 
 
-def count_runs(cases: Sequence[str], targets: Sequence[str], obs_rounds: int = 1) -> int:
-    """Measured runs of (case, row) pairs, each row of the observability case ``obs_rounds``
-    times, for the time estimate and the progress counter."""
-    return sum(len(case_targets(c, targets)) * case_rounds(c, obs_rounds) for c in cases)
+def count_runs(cases: Sequence[str], targets: Sequence[str], rounds: int = 1) -> int:
+    """Measured runs of (case, row) pairs, each row of ROUNDED_CASES ``rounds`` times, for
+    the time estimate and the progress counter."""
+    return sum(len(case_targets(c, targets)) * case_rounds(c, rounds) for c in cases)
 
 
-def plan_summary(cases: Sequence[str], targets: Sequence[str], obs_rounds: int = 1) -> str:
-    """'6 cases x 4 targets + small-c50-retry x 4 + small-c50-obs x 3 x 3 rounds = 37 runs',
-    printed before the estimate."""
+def _case_part(case: str, targets: Sequence[str], rounds: int) -> str:
+    """One case of plan_summary, e.g. 'small-c50-obs x 3 x 3 rounds' (rows x rounds)."""
+    n = case_rounds(case, rounds)
+    return f"{case} x {len(case_targets(case, targets))}" + (f" x {n} rounds" if n > 1 else "")
+
+
+def plan_summary(cases: Sequence[str], targets: Sequence[str], rounds: int = 1) -> str:
+    """'small-c50 x 4 x 3 rounds + 5 cases x 4 targets + small-c50-retry x 4 + small-c50-obs
+    x 3 x 3 rounds = 45 runs', printed before the estimate: the cases run in rounds by name,
+    the other plain cases as a count."""
     plain = [c for c in cases if c not in SPECIAL_CASES]
-    parts = [f"{len(plain)} cases x {len(targets)} targets"] if plain else []
-    for case in SPECIAL_CASES:
-        if case in cases:
-            rounds = case_rounds(case, obs_rounds)
-            part = f"{case} x {len(case_targets(case, targets))}"
-            parts.append(part + (f" x {rounds} rounds" if rounds > 1 else ""))
-    return f"{' + '.join(parts)} = {count_runs(cases, targets, obs_rounds)} runs"
+    rounded = [c for c in plain if case_rounds(c, rounds) > 1]
+    single = [c for c in plain if c not in rounded]
+    parts = [_case_part(c, targets, rounds) for c in rounded]
+    if single:
+        parts.append(f"{len(single)} cases x {len(targets)} targets")
+    parts += [_case_part(c, targets, rounds) for c in SPECIAL_CASES if c in cases]
+    return f"{' + '.join(parts)} = {count_runs(cases, targets, rounds)} runs"
 
 
-def settle_overhead_s(cases: Sequence[str], targets: Sequence[str], obs_rounds: int = 1) -> float:
+def settle_overhead_s(cases: Sequence[str], targets: Sequence[str], rounds: int = 1) -> float:
     """Extra seconds of the run for fastproxy-traced's settling (OBS_SETTLE_OVERHEAD_S per
-    run: it settles around each of its ``obs_rounds`` runs)."""
+    run: it settles around each of its runs, one per round)."""
     traced = OBS_CASE in cases and FASTPROXY_TRACED in case_targets(OBS_CASE, targets)
-    return OBS_SETTLE_OVERHEAD_S * obs_rounds if traced else 0.0
+    return OBS_SETTLE_OVERHEAD_S * case_rounds(OBS_CASE, rounds) if traced else 0.0
 
 
 def estimate_seconds(

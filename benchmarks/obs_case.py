@@ -32,7 +32,6 @@ from benchmarks.report import (
     FASTPROXY_TRACED,
     OBS_CASE,
     OBS_METRICS_CPU_MAX,
-    OBS_ROUNDS_COLUMN,
     OBS_TARGETS,
     OBS_TRACED_CPU_MAX,
     Measurement,
@@ -308,24 +307,9 @@ OBS_CASE_NOTE = (
 )
 
 
-def obs_rounds_note(rounds: int) -> str:
-    """What the table's figures are when the rows ran in rounds (run.py --obs-rounds), for
-    the Markdown under OBS_CASE_NOTE; empty for one run per row."""
-    if rounds <= 1:
-        return ""
-    return (
-        f"Each row is the median of {rounds} interleaved rounds: every row ran once in order, "
-        f"then again, {rounds} times, so the machine's drift hits all rows alike. Reported is "
-        "the run whose proxy us/req is the median of its row's rounds (the lower middle one "
-        "for an even count; failed rounds left out), taken whole: its rps, latencies and "
-        f"spans are that run's. {OBS_ROUNDS_COLUMN}: every round's proxy us/req in run order "
-        "(failed: that round's run failed, see Errors)."
-    )
-
-
 def obs_parameters(rows: Sequence[str], configs: dict[str, str], rounds: int = 1) -> dict[str, Any]:
     """The observability case's set-up, for the JSON's parameters (``rows``: those that ran;
-    ``configs``: as start_obs_targets filled it; ``rounds``: --obs-rounds)."""
+    ``configs``: as start_obs_targets filled it; ``rounds``: --rounds)."""
     return {
         "rounds": rounds,
         # Per row: what it turns on and the Configuration it was started with (None:

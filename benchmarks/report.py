@@ -6,7 +6,7 @@ Pure functions only, so the arithmetic behind the verdict is unit-tested rather 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 DIRECT = "direct"
@@ -45,11 +45,6 @@ OBS_TARGETS: tuple[str, ...] = (FASTPROXY_OBS_OFF, FASTPROXY_METRICS, FASTPROXY_
 # The issue's bar for it: CPU per request relative to fastproxy-obs-off.
 OBS_METRICS_CPU_MAX = 1.10
 OBS_TRACED_CPU_MAX = 1.35
-# Rounds of the observability case (run.py --obs-rounds): every row once per round, the rounds
-# one after the other, each row reported as its median run. The machine's speed drifts by
-# 10-20 % within seconds, so one run per row makes the ratios noise; rounds interleave the
-# rows so drift hits them alike.
-OBS_ROUNDS = 3
 # What each row turns on, for the table: (metrics, tracing).
 OBS_ROW_SETUP: dict[str, tuple[str, str]] = {
     FASTPROXY_OBS_OFF: ("off", "off"),
@@ -61,6 +56,15 @@ OBS_ROW_SETUP: dict[str, tuple[str, str]] = {
 VERDICT_CASE = "small-c50"
 RPS_MIN_RATIO = 0.8
 CPU_MAX_RATIO = 1.3
+
+# Rounds (run.py --rounds) of the cases whose ratios are judged: every row once per round, the
+# rounds one after the other, each row reported as its median run. The machine's speed drifts
+# by 10-20 % within a minute, so one run per row makes the ratios noise (the same code read
+# 0.78x and 0.84x rps); rounds interleave the rows so drift hits them alike.
+ROUNDS = 3
+ROUNDED_CASES: tuple[str, ...] = (VERDICT_CASE, OBS_CASE)
+# The column a table of rows merged from rounds gains: round_cpu_text.
+ROUNDS_COLUMN = "cpu rounds"
 
 
 @dataclass
@@ -111,9 +115,9 @@ class Measurement:
     collector_posts: int | None = None
     collector_bytes: int | None = None
     collector_cpu_us_per_req: float | None = None
-    # Observability case measured in rounds (merge_rounds): every round's proxy CPU us/req
-    # and error, in run order (a failed round's CPU figure is None); the other figures are
-    # the median run's. None when the row ran once.
+    # A row of a case measured in rounds (ROUNDED_CASES, merge_rounds): every round's proxy
+    # CPU us/req and error, in run order (None for a failed round and for direct); the other
+    # figures are the median run's. None when the row ran once.
     round_cpu_us_per_req: list[float | None] | None = None
     round_errors: list[str | None] | None = None
     error: str | None = None
@@ -162,12 +166,19 @@ def case_ratios(measurements: Sequence[Measurement]) -> dict[str, Ratios]:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Outcome of the issue's bar: PASS, FAIL or SKIPPED (figures missing)."""
+    """Outcome of the issue's bar: PASS, FAIL or SKIPPED (figures missing); with ``rounds``
+    > 1 both ratios are of each target's median run (median_run)."""
 
     status: str
     message: str
     rps_ratio: float | None = None
     cpu_ratio: float | None = None
+    rounds: int = 1
+
+
+def rounds_head(case: str, rounds: int) -> str:
+    """A verdict message's opening: the case, and the rounds its rows are the median of."""
+    return f"{case}, median of {rounds} rounds" if rounds > 1 else case
 
 
 def verdict(
@@ -176,27 +187,37 @@ def verdict(
     rps_min: float = RPS_MIN_RATIO,
     cpu_max: float = CPU_MAX_RATIO,
 ) -> Verdict:
-    """Check fastproxy rps >= rps_min x nginx-proxy and CPU/req <= cpu_max x nginx-proxy."""
-    ok = _by_target(m for m in measurements if m.case == case)
+    """Check fastproxy rps >= rps_min x nginx-proxy and CPU/req <= cpu_max x nginx-proxy.
+
+    For targets merged from rounds (merge_rounds) the message says so and gives every
+    round's CPU figure of both, so a verdict near the bar can be read against the spread.
+    """
+    in_case = [m for m in measurements if m.case == case]
+    rounds = round_count(in_case)
+    head = rounds_head(case, rounds)
+    ok = _by_target(in_case)
     fp = ok.get(FASTPROXY)
     ng = ok.get(NGINX)
     if fp is None or ng is None:
         missing = [t for t, m in ((FASTPROXY, fp), (NGINX, ng)) if m is None]
-        return Verdict("SKIPPED", f"{case}: no successful run of {', '.join(missing)}")
+        return Verdict(
+            "SKIPPED", f"{head}: no successful run of {', '.join(missing)}", rounds=rounds
+        )
     rps_r = ratio(fp.rps, ng.rps)
     cpu_r = ratio(fp.proxy_cpu_us_per_req, ng.proxy_cpu_us_per_req)
     if rps_r is None or cpu_r is None:
-        return Verdict("SKIPPED", f"{case}: rps or CPU figure missing", rps_r, cpu_r)
+        return Verdict("SKIPPED", f"{head}: rps or CPU figure missing", rps_r, cpu_r, rounds)
     rps_ok = rps_r >= rps_min
     cpu_ok = cpu_r <= cpu_max
     status = "PASS" if rps_ok and cpu_ok else "FAIL"
     msg = (
-        f"{case}: fastproxy {fp.rps:,.0f} rps = {rps_r:.2f}x nginx-proxy {ng.rps:,.0f} rps "
+        f"{head}: fastproxy {fp.rps:,.0f} rps = {rps_r:.2f}x nginx-proxy {ng.rps:,.0f} rps "
         f"(need >= {rps_min:.2f}: {'ok' if rps_ok else 'NO'}); "
-        f"CPU {fp.proxy_cpu_us_per_req:.1f} us/req = {cpu_r:.2f}x nginx-proxy "
-        f"{ng.proxy_cpu_us_per_req:.1f} us/req (need <= {cpu_max:.2f}: {'ok' if cpu_ok else 'NO'})"
+        f"CPU {fp.proxy_cpu_us_per_req:.1f} us/req{_rounds_text(fp)} = {cpu_r:.2f}x "
+        f"nginx-proxy {ng.proxy_cpu_us_per_req:.1f} us/req{_rounds_text(ng)} "
+        f"(need <= {cpu_max:.2f}: {'ok' if cpu_ok else 'NO'})"
     )
-    return Verdict(status, msg, rps_r, cpu_r)
+    return Verdict(status, msg, rps_r, cpu_r, rounds)
 
 
 COLUMNS: tuple[str, ...] = (
@@ -247,12 +268,23 @@ def _columns_and_rows(
     measurements: Sequence[Measurement],
 ) -> tuple[tuple[str, ...], list[list[str]]]:
     """The retry and observability cases have tables of their own; every other case the
-    common one."""
+    common one. Rows merged from rounds add ROUNDS_COLUMN (with_rounds_column)."""
     if measurements and all(m.case == RETRY_CASE for m in measurements):
         return RETRY_COLUMNS, retry_table_rows(measurements)
     if measurements and all(m.case == OBS_CASE for m in measurements):
-        return obs_table(measurements)
-    return COLUMNS, table_rows(measurements)
+        return with_rounds_column(OBS_COLUMNS, obs_table_rows(measurements), measurements)
+    return with_rounds_column(COLUMNS, table_rows(measurements), measurements)
+
+
+def with_rounds_column(
+    columns: tuple[str, ...], rows: list[list[str]], measurements: Sequence[Measurement]
+) -> tuple[tuple[str, ...], list[list[str]]]:
+    """``columns`` and ``rows`` plus ROUNDS_COLUMN when the rows ran in rounds, so each row's
+    median can be read against its rounds; unchanged for rows that ran once."""
+    if all(m.round_cpu_us_per_req is None for m in measurements):
+        return columns, rows
+    cells = [[*row, round_cpu_text(m)] for row, m in zip(rows, measurements, strict=True)]
+    return (*columns, ROUNDS_COLUMN), cells
 
 
 def format_text_table(measurements: Sequence[Measurement]) -> str:
@@ -290,9 +322,112 @@ def case_title(m: Measurement, duration_s: float) -> str:
         title += "; app: benchmarks/flaky_app.py"
     elif m.case == OBS_CASE:
         title += "; spans to benchmarks/collector.py"
-        if m.round_cpu_us_per_req is not None:
-            title += f"; median of {len(m.round_cpu_us_per_req)} interleaved rounds"
+    if m.round_cpu_us_per_req is not None:
+        title += f"; median of {len(m.round_cpu_us_per_req)} interleaved rounds"
     return title
+
+
+# --------------------------------------------------------------------------- rounds
+
+
+def _median_key(runs: Sequence[Measurement]) -> Callable[[Measurement], float | None]:
+    """What a row's median is taken by: proxy CPU us/req, the figure the verdicts compare
+    and the steadier one; rps for a row whose successful runs have no CPU figure at all
+    (direct: no proxy), whose throughput is what the other rows are read against."""
+    if any(m.error is None and m.proxy_cpu_us_per_req is not None for m in runs):
+        return lambda m: m.proxy_cpu_us_per_req
+    return lambda m: m.rps
+
+
+def median_run(runs: Sequence[Measurement]) -> Measurement:
+    """One row's runs (its rounds, in run order) as one Measurement: the successful run whose
+    proxy CPU us/req is the median (for an even count the lower middle one; by rps instead
+    for a row without CPU figures, see _median_key), taken whole so that its rps, latencies
+    and spans stay consistent with each other, plus every round's CPU figure and error.
+    Failed runs, and runs without the figure, are no candidates; when every run failed, the
+    first one is reported (and when none has a figure, the first successful one)."""
+    if not runs:
+        raise ValueError("median_run needs at least one run")
+    key = _median_key(runs)
+    keyed = sorted(
+        (value, i) for i, m in enumerate(runs) if m.error is None and (value := key(m)) is not None
+    )
+    fallback = next((m for m in runs if m.error is None), runs[0])
+    chosen = runs[keyed[(len(keyed) - 1) // 2][1]] if keyed else fallback
+    return dataclasses.replace(
+        chosen,
+        round_cpu_us_per_req=[
+            None if m.error is not None else m.proxy_cpu_us_per_req for m in runs
+        ],
+        round_errors=[m.error for m in runs],
+    )
+
+
+def merge_rounds(runs: Sequence[Measurement]) -> list[Measurement]:
+    """The runs of rounds (round 1's rows, then round 2's, ...) as one median_run per
+    (case, row), in the order the rows first ran."""
+    by_row: dict[tuple[str, str], list[Measurement]] = {}
+    for m in runs:
+        by_row.setdefault((m.case, m.target), []).append(m)
+    return [median_run(ms) for ms in by_row.values()]
+
+
+def round_count(measurements: Iterable[Measurement]) -> int:
+    """How many rounds the rows ran (1: each ran once, not in rounds)."""
+    return max((len(m.round_cpu_us_per_req or ()) for m in measurements), default=0) or 1
+
+
+def round_cpu_text(m: Measurement) -> str:
+    """Every round's proxy us/req in run order, e.g. ``14.6 / 14.2 / failed`` (``-``: the row
+    did not run in rounds)."""
+    if m.round_cpu_us_per_req is None:
+        return "-"
+    errors = m.round_errors or [None] * len(m.round_cpu_us_per_req)
+    return " / ".join(
+        "failed" if err is not None else _f(cpu, ".1f")
+        for cpu, err in zip(m.round_cpu_us_per_req, errors, strict=True)
+    )
+
+
+def run_errors(m: Measurement) -> list[tuple[str, str]]:
+    """(heading, error) of each failed run behind a reported row: its own error, or for a row
+    merged from rounds each failed round's, e.g. ``small-c50-obs fastproxy-traced (round
+    2/3)``; a failed round counts even when the median of the others is reported."""
+    head = f"{m.case} {m.target}"
+    if m.round_errors is None:
+        return [] if m.error is None else [(head, m.error)]
+    n = len(m.round_errors)
+    return [
+        (f"{head} (round {k}/{n})", err)
+        for k, err in enumerate(m.round_errors, 1)
+        if err is not None
+    ]
+
+
+def run_count(m: Measurement) -> int:
+    """Runs behind a reported row: its rounds, or 1."""
+    return 1 if m.round_errors is None else len(m.round_errors)
+
+
+def _rounds_text(m: Measurement) -> str:
+    """`` (rounds 14.6 / 14.2 / 14.9)`` after a median figure; empty for a single run."""
+    return "" if m.round_cpu_us_per_req is None else f" (rounds {round_cpu_text(m)})"
+
+
+def rounds_note(rounds: int) -> str:
+    """What a table's figures are when its rows ran in rounds (run.py --rounds), for the
+    Markdown under the table; empty for one run per row."""
+    if rounds <= 1:
+        return ""
+    return (
+        f"Each row is the median of {rounds} interleaved rounds: every row ran once in order, "
+        f"then again, {rounds} times, so the machine's drift hits all rows alike. Reported is "
+        "the run whose proxy us/req is the median of its row's rounds (by rps for a row "
+        "without that figure, i.e. direct; the lower middle one for an even count; failed "
+        "rounds left out), taken whole: every figure of the row is that run's, and the ratios "
+        f"are between the rows' median runs. {ROUNDS_COLUMN}: every round's proxy us/req in "
+        "run order (failed: that round's run failed, see Errors; -: no proxy figure)."
+    )
 
 
 # --------------------------------------------------------------------------- retry case
@@ -531,76 +666,6 @@ def spans_per_request(m: Measurement) -> float | None:
     return ratio(spans, float(m.requests))
 
 
-def median_run(runs: Sequence[Measurement]) -> Measurement:
-    """One row's runs (its rounds, in run order) as one Measurement: the successful run whose
-    proxy CPU us/req is the median (for an even count the lower middle one), taken whole so
-    that its rps, latencies and spans stay consistent with each other, plus every round's CPU
-    figure and error. Failed runs are no candidates; when every run failed, the first one is
-    reported (and when none has a CPU figure, the first successful one)."""
-    if not runs:
-        raise ValueError("median_run needs at least one run")
-    timed = sorted(
-        (m.proxy_cpu_us_per_req, i)
-        for i, m in enumerate(runs)
-        if m.error is None and m.proxy_cpu_us_per_req is not None
-    )
-    fallback = next((m for m in runs if m.error is None), runs[0])
-    chosen = runs[timed[(len(timed) - 1) // 2][1]] if timed else fallback
-    return dataclasses.replace(
-        chosen,
-        round_cpu_us_per_req=[
-            None if m.error is not None else m.proxy_cpu_us_per_req for m in runs
-        ],
-        round_errors=[m.error for m in runs],
-    )
-
-
-def merge_rounds(runs: Sequence[Measurement]) -> list[Measurement]:
-    """The runs of rounds (round 1's rows, then round 2's, ...) as one median_run per
-    (case, row), in the order the rows first ran."""
-    by_row: dict[tuple[str, str], list[Measurement]] = {}
-    for m in runs:
-        by_row.setdefault((m.case, m.target), []).append(m)
-    return [median_run(ms) for ms in by_row.values()]
-
-
-def round_count(measurements: Iterable[Measurement]) -> int:
-    """How many rounds the rows ran (1: each ran once, not in rounds)."""
-    return max((len(m.round_cpu_us_per_req or ()) for m in measurements), default=0) or 1
-
-
-def round_cpu_text(m: Measurement) -> str:
-    """Every round's proxy us/req in run order, e.g. ``14.6 / 14.2 / failed`` (``-``: the row
-    did not run in rounds)."""
-    if m.round_cpu_us_per_req is None:
-        return "-"
-    errors = m.round_errors or [None] * len(m.round_cpu_us_per_req)
-    return " / ".join(
-        "failed" if err is not None else _f(cpu, ".1f")
-        for cpu, err in zip(m.round_cpu_us_per_req, errors, strict=True)
-    )
-
-
-def run_errors(m: Measurement) -> list[tuple[str, str]]:
-    """(heading, error) of each failed run behind a reported row: its own error, or for a row
-    merged from rounds each failed round's, e.g. ``small-c50-obs fastproxy-traced (round
-    2/3)``; a failed round counts even when the median of the others is reported."""
-    head = f"{m.case} {m.target}"
-    if m.round_errors is None:
-        return [] if m.error is None else [(head, m.error)]
-    n = len(m.round_errors)
-    return [
-        (f"{head} (round {k}/{n})", err)
-        for k, err in enumerate(m.round_errors, 1)
-        if err is not None
-    ]
-
-
-def run_count(m: Measurement) -> int:
-    """Runs behind a reported row: its rounds, or 1."""
-    return 1 if m.round_errors is None else len(m.round_errors)
-
-
 @dataclass(frozen=True)
 class ObsVerdict:
     """The observability case's bar: PASS when CPU per request of fastproxy-metrics is at
@@ -647,11 +712,6 @@ def _obs_row_text(
     return text, ok
 
 
-def _rounds_text(m: Measurement) -> str:
-    """`` (rounds 14.6 / 14.2 / 14.9)`` after a median figure; empty for a single run."""
-    return "" if m.round_cpu_us_per_req is None else f" (rounds {round_cpu_text(m)})"
-
-
 def _spans_text(m: Measurement) -> str:
     """fastproxy-traced's spans against its requests, for the verdict line.
 
@@ -693,7 +753,7 @@ def obs_verdict(
     """
     in_case = [m for m in measurements if m.case == case]
     rounds = round_count(in_case)
-    head = f"{case}, median of {rounds} rounds" if rounds > 1 else case
+    head = rounds_head(case, rounds)
     ok = _by_target(in_case)
     base = ok.get(FASTPROXY_OBS_OFF)
     if base is None or not base.proxy_cpu_us_per_req:
@@ -750,8 +810,6 @@ OBS_COLUMNS: tuple[str, ...] = (
     "spans",
     "spans/req",
 )
-# The column obs_table adds when the rows ran in rounds: round_cpu_text.
-OBS_ROUNDS_COLUMN = "cpu rounds"
 
 
 def obs_table_rows(measurements: Sequence[Measurement]) -> list[list[str]]:
@@ -788,16 +846,6 @@ def obs_table_rows(measurements: Sequence[Measurement]) -> list[list[str]]:
             ]
         )
     return rows
-
-
-def obs_table(measurements: Sequence[Measurement]) -> tuple[tuple[str, ...], list[list[str]]]:
-    """The observability case's columns and rows: OBS_COLUMNS, plus OBS_ROUNDS_COLUMN when
-    the rows ran in rounds, so each row's median can be read against its rounds."""
-    rows = obs_table_rows(measurements)
-    if all(m.round_cpu_us_per_req is None for m in measurements):
-        return OBS_COLUMNS, rows
-    cells = [[*row, round_cpu_text(m)] for row, m in zip(rows, measurements, strict=True)]
-    return (*OBS_COLUMNS, OBS_ROUNDS_COLUMN), cells
 
 
 def obs_figures(m: Measurement, measurements: Sequence[Measurement]) -> dict[str, object]:

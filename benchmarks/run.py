@@ -41,7 +41,6 @@ from benchmarks.measure import measure  # noqa: E402
 from benchmarks.obs_case import (  # noqa: E402
     OBS_CASE_NOTE,
     obs_parameters,
-    obs_rounds_note,
     start_obs_targets,
 )
 from benchmarks.probe import BenchError  # noqa: E402
@@ -51,11 +50,12 @@ from benchmarks.report import (  # noqa: E402
     FASTPROXY,
     NGINX,
     OBS_CASE,
-    OBS_ROUNDS,
     OBS_TARGETS,
     RELAY,
     RETRY_CASE,
     RETRY_TARGETS,
+    ROUNDED_CASES,
+    ROUNDS,
     TARGETS,
     Measurement,
     merge_rounds,
@@ -144,12 +144,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="extra argument for `fastproxy run` (repeatable), e.g. --fastproxy-arg=--foo",
     )
     p.add_argument(
-        "--obs-rounds",
+        "--rounds",
         type=int,
-        default=OBS_ROUNDS,
+        default=ROUNDS,
         metavar="N",
-        help=f"measure {OBS_CASE}'s rows in N interleaved rounds and report each row's median "
-        f"run (default {OBS_ROUNDS}; 1: each row once)",
+        help=f"measure the rows of {' and '.join(ROUNDED_CASES)} in N interleaved rounds and "
+        f"report each row's median run (default {ROUNDS}; 1: each row once)",
     )
     p.add_argument("--no-save", action="store_true", help="print results but write no files")
     args = p.parse_args(argv)
@@ -157,8 +157,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.duration = float(QUICK_DURATION_S if args.quick else DEFAULT_DURATION_S)
     if args.duration <= 0 or args.warmup < 0:
         p.error("--duration must be > 0 and --warmup >= 0")
-    if args.obs_rounds < 1:
-        p.error("--obs-rounds must be >= 1")
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
     try:
         args.case_list = select_cases(args.cases, args.quick)
         args.target_list = select_targets(args.targets)
@@ -212,9 +212,9 @@ def render_markdown(doc: dict[str, Any], measurements: Sequence[Measurement]) ->
             lines += [RETRY_CASE_NOTE, ""]
         elif ms[0].case == OBS_CASE:
             lines += [OBS_CASE_NOTE, ""]
-            rounds_note = obs_rounds_note(round_count(ms))
-            if rounds_note:
-                lines += [rounds_note, ""]
+        rounds_note = report.rounds_note(round_count(ms))
+        if rounds_note:
+            lines += [rounds_note, ""]
     lines += [f"**Verdict: {v['status']}** - {v['message']}", ""]
     rv = doc.get("retry_verdict")
     if rv is not None:
@@ -288,14 +288,14 @@ def run(args: argparse.Namespace) -> int:
     """Start servers, measure every (case, target), report and save; return exit code."""
     wrk, nginx = ensure_tools()
     started = dt.datetime.now(dt.UTC)
-    n_runs = count_runs(args.case_list, args.target_list, args.obs_rounds)
-    settle_s = settle_overhead_s(args.case_list, args.target_list, args.obs_rounds)
+    n_runs = count_runs(args.case_list, args.target_list, args.rounds)
+    settle_s = settle_overhead_s(args.case_list, args.target_list, args.rounds)
     est = estimate_seconds(n_runs, args.duration, args.warmup, settle_s)
     plain = [c for c in args.case_list if c not in SPECIAL_CASES]
     retry_rows = case_targets(RETRY_CASE, args.target_list) if RETRY_CASE in args.case_list else []
     obs_rows = case_targets(OBS_CASE, args.target_list) if OBS_CASE in args.case_list else []
     print(
-        f"{plan_summary(args.case_list, args.target_list, args.obs_rounds)} of "
+        f"{plan_summary(args.case_list, args.target_list, args.rounds)} of "
         f"{args.warmup:g}+{args.duration:g} s; estimated {est:.0f} s (~{est / 60:.1f} min)",
         flush=True,
     )
@@ -341,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"ERROR: {err}\n", file=sys.stderr, flush=True)
         i = 0
         for case in args.case_list:
-            rounds = case_rounds(case, args.obs_rounds)
+            rounds = case_rounds(case, args.rounds)
             runs: list[Measurement] = []
             for rnd, name in round_plan(case_targets(case, args.target_list), rounds):
                 i += 1
@@ -379,6 +379,9 @@ def run(args: argparse.Namespace) -> int:
             "wrk_threads": 1,
             "fastproxy_bin": str(args.fastproxy_bin),
             "fastproxy_extra_args": args.fastproxy_arg,
+            # Every row of these cases ran this many times, reported as its median run.
+            "rounds": args.rounds,
+            "rounded_cases": list(ROUNDED_CASES),
             "argv": sys.argv[1:],
         },
         "results": [
@@ -402,7 +405,7 @@ def run(args: argparse.Namespace) -> int:
     if RETRY_CASE in args.case_list:
         doc["parameters"]["retry_case"] = retry_parameters(retry_rows)
     if OBS_CASE in args.case_list:
-        doc["parameters"]["obs_case"] = obs_parameters(obs_rows, obs_configs, args.obs_rounds)
+        doc["parameters"]["obs_case"] = obs_parameters(obs_rows, obs_configs, args.rounds)
     markdown = render_markdown(doc, measurements)
 
     print()

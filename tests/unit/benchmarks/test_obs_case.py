@@ -24,7 +24,6 @@ from benchmarks.cases import (
     CASE_ALIASES,
     QUICK_CASES,
     SPECIAL_CASES,
-    case_rounds,
     case_targets,
     count_runs,
     estimate_seconds,
@@ -48,7 +47,6 @@ from benchmarks.obs_case import (
     count_run_spans,
     obs_configuration_yaml,
     obs_parameters,
-    obs_rounds_note,
     traceparent_state,
 )
 from benchmarks.probe import BenchError
@@ -62,12 +60,11 @@ from benchmarks.report import (
     OBS_CASE,
     OBS_COLUMNS,
     OBS_METRICS_CPU_MAX,
-    OBS_ROUNDS,
-    OBS_ROUNDS_COLUMN,
     OBS_ROW_SETUP,
     OBS_TARGETS,
     OBS_TRACED_CPU_MAX,
     RETRY_CASE,
+    ROUNDS_COLUMN,
     Measurement,
     case_title,
     format_markdown_table,
@@ -78,6 +75,7 @@ from benchmarks.report import (
     obs_verdict,
     round_count,
     round_cpu_text,
+    rounds_note,
     run_count,
     run_errors,
     spans_per_request,
@@ -848,19 +846,6 @@ def _rounds(
     ]
 
 
-def test_obs_rounds_default_and_option() -> None:
-    assert OBS_ROUNDS == 3
-    assert parse_args([]).obs_rounds == OBS_ROUNDS
-    assert parse_args(["--obs-rounds", "1"]).obs_rounds == 1
-    assert parse_args(["--obs-rounds", "5", "--cases", "obs"]).obs_rounds == 5
-
-
-@pytest.mark.parametrize("value", ["0", "-2", "x"])
-def test_obs_rounds_option_rejects(value: str) -> None:
-    with pytest.raises(SystemExit):
-        parse_args(["--obs-rounds", value])
-
-
 def test_round_plan_interleaves_rows() -> None:
     rows = list(OBS_TARGETS)
     assert round_plan(rows, 2) == [
@@ -876,26 +861,27 @@ def test_round_plan_interleaves_rows() -> None:
 
 
 @pytest.mark.parametrize(
-    ("case", "want"), [(OBS_CASE, 4), (RETRY_CASE, 1), ("small-c50", 1), ("64k-c1", 1)]
-)
-def test_case_rounds_only_for_obs(case: str, want: int) -> None:
-    assert case_rounds(case, 4) == want
-
-
-@pytest.mark.parametrize(
     ("cases", "targets", "rounds", "runs", "summary", "settle"),
     [
         (
             list(ALL_CASES),
             ALL_TARGETS,
             3,
-            37,
-            "6 cases x 4 targets + small-c50-retry x 4 + small-c50-obs x 3 x 3 rounds = 37 runs",
+            45,
+            "small-c50 x 4 x 3 rounds + 5 cases x 4 targets + small-c50-retry x 4 + "
+            "small-c50-obs x 3 x 3 rounds = 45 runs",
             3 * OBS_SETTLE_OVERHEAD_S,
         ),
         ([OBS_CASE], [FASTPROXY], 2, 6, "small-c50-obs x 3 x 2 rounds = 6 runs", 6.0),
         ([OBS_CASE], [FASTPROXY], 1, 3, "small-c50-obs x 3 = 3 runs", OBS_SETTLE_OVERHEAD_S),
-        (["small-c50", RETRY_CASE], ALL_TARGETS, 3, 8, None, 0.0),
+        (
+            ["small-c50", RETRY_CASE],
+            ALL_TARGETS,
+            3,
+            16,
+            "small-c50 x 4 x 3 rounds + small-c50-retry x 4 = 16 runs",
+            0.0,
+        ),
     ],
     ids=["all", "obs-2-rounds", "obs-1-round", "no-obs-case"],
 )
@@ -1049,12 +1035,12 @@ def test_obs_verdict_over_rounds_skipped() -> None:
 def test_obs_tables_over_rounds() -> None:
     rows = _merged_rows()
     lines = format_text_table(rows).splitlines()
-    assert lines[0].split()[-2:] == OBS_ROUNDS_COLUMN.split() == ["cpu", "rounds"]
+    assert lines[0].split()[-2:] == ROUNDS_COLUMN.split() == ["cpu", "rounds"]
     assert lines[2].endswith("20.0 / 19.0 / 21.0")
     assert lines[2].split()[8] == "20.0"  # proxy us/req: the median
     assert lines[3].endswith("22.0 / 21.0 / failed")
     md = format_markdown_table(rows).splitlines()
-    assert md[0] == "| " + " | ".join((*OBS_COLUMNS, OBS_ROUNDS_COLUMN)) + " |"
+    assert md[0] == "| " + " | ".join((*OBS_COLUMNS, ROUNDS_COLUMN)) + " |"
     assert md[4].endswith("| 25.0 | 1.25 | 5.0 | 3 | 0.000 | 24.0 / 26.0 / 25.0 |")
     # An all-failed row still shows its rounds.
     failed = median_run(_rounds(FASTPROXY_TRACED, 1.0, 2.0, errors={1: "x", 2: "y"}))
@@ -1070,12 +1056,9 @@ def test_obs_case_title_over_rounds() -> None:
     )
 
 
-def test_obs_rounds_note() -> None:
-    assert obs_rounds_note(1) == ""
-    note = obs_rounds_note(3)
-    assert note.startswith("Each row is the median of 3 interleaved rounds")
-    assert f"{OBS_ROUNDS_COLUMN}: every round's proxy us/req in run order" in note
+def test_obs_parameters_record_the_rounds() -> None:
     assert obs_parameters([], {}, 3)["rounds"] == 3
+    assert obs_parameters([], {})["rounds"] == 1
 
 
 def test_markdown_over_rounds() -> None:
@@ -1084,7 +1067,7 @@ def test_markdown_over_rounds() -> None:
     md = render_markdown(_doc({"status": v.status, "message": v.message}), rows)
     assert f"## {OBS_CASE}: 13 B body, 50 connections, 3 s; spans to " in md
     assert "; median of 3 interleaved rounds\n" in md
-    assert f"{OBS_CASE_NOTE}\n\n{obs_rounds_note(3)}\n" in md
+    assert f"{OBS_CASE_NOTE}\n\n{rounds_note(3)}\n" in md
     assert "| 21.0 | 1.05 | 5.0 | 2 | 0.000 | 22.0 / 21.0 / failed |" in md
     assert f"**Observability verdict: PASS** - {OBS_CASE}, median of 3 rounds: " in md
     # The failed round is reported although its row's median stands.
@@ -1095,7 +1078,7 @@ def test_markdown_over_rounds() -> None:
 def test_markdown_single_runs_say_nothing_of_rounds() -> None:
     md = render_markdown(_doc(None), VERDICT_CASES["pass"].rows)
     assert "interleaved" not in md
-    assert OBS_ROUNDS_COLUMN not in md
+    assert ROUNDS_COLUMN not in md
     assert "## Errors" not in md
 
 
