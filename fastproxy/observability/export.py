@@ -393,6 +393,8 @@ class BatchExporter:
             raise ValueError("max_queue and max_batch must be at least 1")
         if not interval > 0 or not timeout > 0:
             raise ValueError("interval and timeout must be positive")
+        if not reuse_idle >= 0:
+            raise ValueError("reuse_idle must not be negative")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"the span exporter needs an http:// or https:// URL, not {url!r}")

@@ -417,6 +417,7 @@ def test_parse_otel_endpoint_rejects(address: str) -> None:
         pytest.param("http://collector/x", {"max_batch": 0}, id="batch-0"),
         pytest.param("http://collector/x", {"interval": 0.0}, id="interval-0"),
         pytest.param("http://collector/x", {"timeout": -1.0}, id="timeout-negative"),
+        pytest.param("http://collector/x", {"reuse_idle": -1.0}, id="reuse-idle-negative"),
         pytest.param("http://collector/x", {"headers": [("bad name", "v")]}, id="header-name"),
         pytest.param("http://collector/x", {"headers": [("x", "a\r\nb: c")]}, id="header-crlf"),
     ],
