@@ -90,6 +90,7 @@ from benchmarks.targets import (
     Target,
     fastproxy_argv,
 )
+from tests.unit.benchmarks.run_docs import run_doc
 
 ALL_TARGETS = ["direct", NGINX, "byte-relay", FASTPROXY]
 # `fastproxy run --help` as far as fastproxy_argv reads it: which flags exist.
@@ -800,36 +801,15 @@ def test_obs_figures() -> None:
     }
 
 
-def _doc(obs: dict[str, Any] | None) -> dict[str, Any]:
-    return {
-        "timestamp_utc": "2026-11-27T12:00:00+00:00",
-        "git": {"commit": "abc", "dirty": False, "untracked": False},
-        "machine": {
-            "nproc": 2,
-            "cpu_model": "cpu",
-            "kernel": "6",
-            "python": "3.11",
-            "uvloop": "0.21",
-            "httptools": "0.6",
-            "nginx": "nginx/1",
-            "wrk": "wrk 4",
-        },
-        "parameters": {"duration_s": 3.0, "warmup_s": 1.0, "pin": False},
-        "verdict": {"status": "SKIPPED", "message": "small-c50: none"},
-        "obs_verdict": obs,
-        "start_errors": {},
-    }
-
-
 def test_markdown_has_obs_note_and_verdict() -> None:
     rows = VERDICT_CASES["pass"].rows
     v = obs_verdict(rows)
-    md = render_markdown(_doc({"status": v.status, "message": v.message}), rows)
+    md = render_markdown(run_doc(obs_verdict={"status": v.status, "message": v.message}), rows)
     assert f"## {OBS_CASE}: 13 B body" in md
     assert OBS_CASE_NOTE in md
     assert f"**Observability verdict: PASS** - {v.message}" in md
     assert METRICS_OFF_FLAG in md.split("## ")[0]  # the legend says how fastproxy runs
-    assert "Observability verdict" not in render_markdown(_doc(None), [OFF])
+    assert "Observability verdict" not in render_markdown(run_doc(), [OFF])
 
 
 # --------------------------------------------------------------------------- rounds
@@ -1064,7 +1044,7 @@ def test_obs_parameters_record_the_rounds() -> None:
 def test_markdown_over_rounds() -> None:
     rows = _merged_rows()
     v = obs_verdict(rows)
-    md = render_markdown(_doc({"status": v.status, "message": v.message}), rows)
+    md = render_markdown(run_doc(obs_verdict={"status": v.status, "message": v.message}), rows)
     assert f"## {OBS_CASE}: 13 B body, 50 connections, 3 s; spans to " in md
     assert "; median of 3 interleaved rounds\n" in md
     assert f"{OBS_CASE_NOTE}\n\n{rounds_note(3)}\n" in md
@@ -1076,7 +1056,7 @@ def test_markdown_over_rounds() -> None:
 
 
 def test_markdown_single_runs_say_nothing_of_rounds() -> None:
-    md = render_markdown(_doc(None), VERDICT_CASES["pass"].rows)
+    md = render_markdown(run_doc(), VERDICT_CASES["pass"].rows)
     assert "interleaved" not in md
     assert ROUNDS_COLUMN not in md
     assert "## Errors" not in md

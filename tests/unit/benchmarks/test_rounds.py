@@ -7,8 +7,6 @@ observability case's side of the same machinery is in test_obs_case.py.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from benchmarks.cases import (
@@ -46,6 +44,7 @@ from benchmarks.report import (
     verdict,
 )
 from benchmarks.run import _progress, parse_args, render_markdown
+from tests.unit.benchmarks.run_docs import run_doc
 
 ALL_TARGETS = [DIRECT, NGINX, RELAY, FASTPROXY]
 
@@ -365,30 +364,10 @@ def test_rounds_note() -> None:
     assert f"{ROUNDS_COLUMN}: every round's proxy us/req in run order" in note
 
 
-def _doc(v: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "timestamp_utc": "2026-11-27T12:00:00+00:00",
-        "git": {"commit": "abc", "dirty": False, "untracked": False},
-        "machine": {
-            "nproc": 2,
-            "cpu_model": "cpu",
-            "kernel": "6",
-            "python": "3.11",
-            "uvloop": "0.21",
-            "httptools": "0.6",
-            "nginx": "nginx/1",
-            "wrk": "wrk 4",
-        },
-        "parameters": {"duration_s": 3.0, "warmup_s": 1.0, "pin": False},
-        "verdict": v,
-        "start_errors": {},
-    }
-
-
 def test_markdown_over_rounds() -> None:
     merged = merge_rounds(_small_c50_rounds())
     v = verdict(merged)
-    md = render_markdown(_doc({"status": v.status, "message": v.message}), merged)
+    md = render_markdown(run_doc({"status": v.status, "message": v.message}), merged)
     assert "## small-c50: 13 B body, 50 connections, 3 s; median of 3 interleaved rounds\n" in md
     assert f"| 13.5 / 12.8 / failed |\n\n{rounds_note(3)}\n" in md
     assert f"**Verdict: PASS** - {v.message}\n" in md
@@ -400,7 +379,7 @@ def test_markdown_over_rounds() -> None:
 def test_markdown_single_runs_say_nothing_of_rounds() -> None:
     rows = [_m(NGINX, 10.0, 100_000.0), _m(FASTPROXY, 12.8, 84_000.0)]
     v = verdict(rows)
-    md = render_markdown(_doc({"status": v.status, "message": v.message}), rows)
+    md = render_markdown(run_doc({"status": v.status, "message": v.message}), rows)
     assert "interleaved" not in md
     assert ROUNDS_COLUMN not in md
     assert "## small-c50: 13 B body, 50 connections, 3 s\n" in md
