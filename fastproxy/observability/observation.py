@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Final
 
+from fastproxy.observability.tracecontext import line_span_id, line_trace_id
+
 if TYPE_CHECKING:
     from fastproxy.upstream.pool import Pool
 
@@ -37,16 +39,14 @@ class Observation:
         "parent_id",
         "path",
         "remote",
-        "response_lines",
         "retries",
         "sampled",
         "sent_at",
         "server_timing",
-        "span_id",
         "started",
         "status",
         "target",
-        "trace_id",
+        "traceparent",
         "tracestate",
         "upstream",
     )
@@ -70,16 +70,34 @@ class Observation:
         self.client = ""  # the client's address, only when the access log is on
         # The pool whose connection answered; its address is read only when needed.
         self.upstream: Pool | None = None
-        # Tracing (see Observer.begin): empty when tracing is off.
-        self.trace_id = b""
-        self.span_id = b""
+        # Tracing (see Observer.begin): empty when tracing is off. The span's ids are
+        # read from its traceparent header line, which the client's answer gets (unless
+        # the call was delivered by another sidecar); the app gets `app_lines`: that
+        # line and the tracestate line, if any.
+        self.traceparent = b""
         self.parent_id = b""
         self.sampled = False
         self.tracestate = b""
-        # The header lines the request to the app gets (traceparent, and tracestate if
-        # any), and those every response gets (traceparent), made once.
         self.app_lines = b""
-        self.response_lines = b""
+
+    @property
+    def trace_id(self) -> bytes:
+        """32 hex digits, or empty when tracing is off."""
+        return line_trace_id(self.traceparent)
+
+    @property
+    def span_id(self) -> bytes:
+        """16 hex digits, or empty when tracing is off."""
+        return line_span_id(self.traceparent)
+
+    @property
+    def response_lines(self) -> bytes:
+        """What every answer to the client gets: the span's traceparent line.
+
+        On the internal listener the calling sidecar answers its client with its
+        own span; only the app's own traceparent goes back to it.
+        """
+        return b"" if self.delivered else self.traceparent
 
     def __repr__(self) -> str:
         return (

@@ -26,6 +26,8 @@ from fastproxy.observability.tracecontext import (
     IdSource,
     Sampler,
     parse_traceparent,
+    sampled_line,
+    traceparent_line,
     valid_tracestate,
 )
 
@@ -100,32 +102,24 @@ class Observer:
         obs = Observation(method, path, delivered, self._server_timing)
         sampler = self._sampler
         if sampler is not None:
+            # Health checks are never traced, as in daprd.
             parsed = parse_traceparent(traceparent) if traceparent else None
             if parsed is None:
                 # Absent or malformed: a new trace, never the client's bytes.
-                trace_id, span_id = self._ids.new_trace()
-                sampled = sampler.sampled(trace_id, None)
+                line = self._ids.new_root_line()
+                sampled = sampler.sampled_root(line) and not path.startswith(_HEALTHZ)
+                if sampled:
+                    line = sampled_line(line)
             else:
                 trace_id, obs.parent_id, parent_sampled = parsed
-                span_id = self._ids.new_span()
-                sampled = sampler.sampled(trace_id, parent_sampled)
+                sampled = sampler.sampled(trace_id, parent_sampled) and not path.startswith(
+                    _HEALTHZ
+                )
+                line = traceparent_line(trace_id, self._ids.new_span(), sampled)
                 if tracestate and valid_tracestate(tracestate):
                     obs.tracestate = tracestate
-            if sampled and path.startswith(_HEALTHZ):
-                sampled = False  # health checks are never traced, as in daprd
-            obs.trace_id = trace_id
-            obs.span_id = span_id
+            obs.traceparent = line
             obs.sampled = sampled
-            # Written out as a literal template: compiled, it is one concatenation.
-            line = b"traceparent: 00-%b-%b-%b\r\n" % (
-                trace_id,
-                span_id,
-                b"01" if sampled else b"00",
-            )
-            if not delivered:
-                # On the internal listener the calling sidecar answers its client with
-                # its own span; only the app's own traceparent goes back to it.
-                obs.response_lines = line
             if obs.tracestate:
                 obs.app_lines = line + b"tracestate: %b\r\n" % obs.tracestate
             else:

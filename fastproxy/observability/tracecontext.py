@@ -116,52 +116,92 @@ def _valid_value(item: bytes) -> bool:
     return 0 < len(item) <= _VALUE_MAX and not item.translate(None, _VALUE_CHARS)
 
 
-class IdSource:
-    """New trace and span ids, drawn in bulk: lowercase hex, never all zero.
+# A `traceparent` header line as the sidecar writes it (version 00), and where its
+# ids sit, so they can be read back from the line instead of being kept twice.
+_LINE_PREFIX: Final = b"traceparent: 00-"
+_UNSAMPLED_END: Final = b"-00\r\n"
+_SAMPLED_END: Final = b"01\r\n"
+LINE_LENGTH: Final = 70
+LINE_TRACE_ID_AT: Final = 16
+LINE_SPAN_ID_AT: Final = 49
+LINE_FLAGS_AT: Final = 66
 
-    One `os.urandom` and one hex conversion per `batch` ids keep a request's id
-    to a slice of a buffer; drawing and converting per request costs several
-    times more. A buffer holding sixteen zero digits in a row anywhere is drawn
-    again, so no id in it can be all zeros (a one in 10^14 event).
+
+def traceparent_line(trace_id: bytes, span_id: bytes, sampled: bool) -> bytes:
+    """The `traceparent` header line (with CRLF) that carries a span's context on."""
+    return b"traceparent: 00-%b-%b-%b\r\n" % (trace_id, span_id, b"01" if sampled else b"00")
+
+
+def sampled_line(line: bytes) -> bytes:
+    """`line` with its sampled flag set."""
+    return line[:LINE_FLAGS_AT] + _SAMPLED_END
+
+
+def line_trace_id(line: bytes) -> bytes:
+    return line[LINE_TRACE_ID_AT : LINE_TRACE_ID_AT + 32]
+
+
+def line_span_id(line: bytes) -> bytes:
+    return line[LINE_SPAN_ID_AT : LINE_SPAN_ID_AT + 16]
+
+
+# A new span's ids as drawn: the hex of 25 random bytes, whose digit 32 becomes the
+# dash between trace id and span id, and whose last digit marks where the line ends.
+_DRAWN_SIZE: Final = 50
+_DRAWN_DASH_AT: Final = 32
+_DRAWN_END_AT: Final = 49
+_END_MARK: Final = b"\n"  # never a hex digit
+
+
+class IdSource:
+    """Whole `traceparent` lines of new root spans, and new span ids, drawn in bulk.
+
+    Per `batch` lines: one `os.urandom`, one hex conversion, two column copies
+    (the dash, an end mark) and one `replace` of the end marks by the text
+    between two lines. A request's line is then one slice of a buffer; drawing,
+    converting and formatting per request costs several times more. A draw
+    holding sixteen zero digits in a row anywhere is drawn again, so no id can
+    be all zeros (a one in 10^14 event).
     """
 
-    __slots__ = ("_batch", "_buffer", "_draw", "_end", "_next")
+    __slots__ = ("_batch", "_buffer", "_dashes", "_draw", "_end", "_end_marks", "_next")
 
     def __init__(self, batch: int = 1024, draw: Callable[[int], bytes] = urandom) -> None:
         if batch < 1:
             raise ValueError("batch must be at least 1")
         self._batch = batch
         self._draw = draw  # n random bytes
+        self._dashes = b"-" * batch
+        self._end_marks = _END_MARK * batch
         self._buffer = b""
         self._next = 0
         self._end = 0
 
     def _refill(self) -> None:
-        buffer = hexlify(self._draw(24 * self._batch))
-        while _ZERO_SPAN_ID in buffer:
-            buffer = hexlify(self._draw(24 * self._batch))
-        self._buffer = buffer
+        size = _DRAWN_SIZE // 2 * self._batch
+        digits = hexlify(self._draw(size))
+        while _ZERO_SPAN_ID in digits:
+            digits = hexlify(self._draw(size))
+        drawn = bytearray(digits)
+        drawn[_DRAWN_DASH_AT::_DRAWN_SIZE] = self._dashes
+        drawn[_DRAWN_END_AT::_DRAWN_SIZE] = self._end_marks
+        # The last end mark leaves a spare prefix after the last line: never sliced.
+        self._buffer = _LINE_PREFIX + bytes(drawn).replace(_END_MARK, _UNSAMPLED_END + _LINE_PREFIX)
         self._next = 0
-        self._end = len(buffer)
+        self._end = LINE_LENGTH * self._batch
 
-    def new_trace(self) -> tuple[bytes, bytes]:
-        """(trace id, span id) of a new root span: 32 and 16 hex digits."""
+    def new_root_line(self) -> bytes:
+        """The `traceparent` line of a new root span, not sampled (see `sampled_line`)."""
         at = self._next
-        if at + 48 > self._end:
+        if at == self._end:
             self._refill()
             at = 0
-        self._next = at + 48
-        buffer = self._buffer
-        return buffer[at : at + 32], buffer[at + 32 : at + 48]
+        self._next = at + LINE_LENGTH
+        return self._buffer[at : at + LINE_LENGTH]
 
     def new_span(self) -> bytes:
-        """A span id: 16 hex digits."""
-        at = self._next
-        if at + 16 > self._end:
-            self._refill()
-            at = 0
-        self._next = at + 16
-        return self._buffer[at : at + 16]
+        """A span id: 16 hex digits (the span id of a fresh line)."""
+        return line_span_id(self.new_root_line())
 
 
 class Sampler:
@@ -190,6 +230,13 @@ class Sampler:
         if bound in (0, _RATIO_SCALE):  # rate 0 or 1: no need to read the id
             return bound != 0
         return (int(trace_id[16:32], 16) >> 1) < bound
+
+    def sampled_root(self, line: bytes) -> bool:
+        """The decision for a new root span whose `traceparent` line is `line`."""
+        bound = self._bound
+        if bound in (0, _RATIO_SCALE):  # rate 0 or 1: the id is not even sliced out
+            return bound != 0
+        return self.sampled(line_trace_id(line), None)
 
     def __repr__(self) -> str:
         return f"Sampler(rate={self.rate!r})"

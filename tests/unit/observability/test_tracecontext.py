@@ -10,7 +10,11 @@ import pytest
 from fastproxy.observability.tracecontext import (
     IdSource,
     Sampler,
+    line_span_id,
+    line_trace_id,
     parse_traceparent,
+    sampled_line,
+    traceparent_line,
     valid_tracestate,
 )
 
@@ -118,39 +122,67 @@ def test_tracestate_is_forwarded_only_up_to_512_bytes() -> None:
     assert not valid_tracestate(at_limit + b"x")
 
 
-def test_new_ids_are_lowercase_hex_of_the_right_length_and_vary() -> None:
-    # A small batch, so the ids span several refills of the buffer.
+LINE = re.compile(rb"traceparent: 00-([0-9a-f]{32})-([0-9a-f]{16})-00\r\n")
+
+
+def test_new_root_lines_are_traceparent_lines_whose_ids_vary() -> None:
+    # A small batch, so the lines span several refills of the buffer.
     ids = IdSource(batch=7)
-    traces = [ids.new_trace() for _ in range(200)]
-    span_ids = [ids.new_span() for _ in range(200)] + [span for _, span in traces]
-    trace_ids = [trace for trace, _ in traces]
+    lines = [ids.new_root_line() for _ in range(200)]
+    matches = [LINE.fullmatch(line) for line in lines]
+    assert all(matches)
+    trace_ids = [match.group(1) for match in matches if match]
+    span_ids = [match.group(2) for match in matches if match]
+    span_ids += [ids.new_span() for _ in range(200)]
     assert len(set(trace_ids)) == 200
     assert len(set(span_ids)) == 400
-    assert all(re.fullmatch(rb"[0-9a-f]{32}", t) for t in trace_ids)
     assert all(re.fullmatch(rb"[0-9a-f]{16}", s) for s in span_ids)
+    assert [line_trace_id(line) for line in lines] == trace_ids
+    assert [line_span_id(line) for line in lines] == span_ids[:200]
 
 
-def test_new_ids_round_trip_through_traceparent() -> None:
-    trace_id, span_id = IdSource().new_trace()
-    value = b"00-" + trace_id + b"-" + span_id + b"-01"
-    assert parse_traceparent(value) == (trace_id, span_id, True)
+def test_a_new_root_line_round_trips_through_traceparent() -> None:
+    line = IdSource().new_root_line()
+    name, _, value = line.partition(b": ")
+    assert name == b"traceparent"
+    assert value.endswith(b"\r\n")
+    assert parse_traceparent(value[:-2]) == (line_trace_id(line), line_span_id(line), False)
+    assert parse_traceparent(sampled_line(line)[13:-2]) == (
+        line_trace_id(line),
+        line_span_id(line),
+        True,
+    )
+
+
+def test_traceparent_line_writes_the_flags_of_the_decision() -> None:
+    assert traceparent_line(TRACE_ID, SPAN_ID, True) == b"traceparent: " + VALID + b"\r\n"
+    unsampled = traceparent_line(TRACE_ID, SPAN_ID, False)
+    assert unsampled == b"traceparent: " + VALID[:-2] + b"00\r\n"
+    assert sampled_line(unsampled) == traceparent_line(TRACE_ID, SPAN_ID, True)
+    assert line_trace_id(unsampled) == TRACE_ID
+    assert line_span_id(unsampled) == SPAN_ID
 
 
 def test_a_draw_holding_sixteen_zero_digits_is_drawn_again() -> None:
-    """No id may be all zeros: a buffer with a run of zeros anywhere is thrown away."""
+    """No id may be all zeros: a buffer with a run of zeros anywhere is thrown away.
+
+    A span's ids are the hex of 25 random bytes: the trace id bytes 0-15, a dash
+    over the first digit of byte 16, the span id the rest of it and bytes 17-23.
+    """
     draws: list[int] = []
-    sequence = iter([bytes(24), bytes(11) + b"\x01" + bytes(12), bytes(range(1, 25))])
+    good = bytes(range(1, 26))
+    sequence = iter([bytes(25), bytes(11) + b"\x01" + bytes(13), good])
 
     def draw(size: int) -> bytes:
         draws.append(size)
         return next(sequence)
 
     ids = IdSource(batch=1, draw=draw)
-    assert ids.new_trace() == (
-        bytes(range(1, 17)).hex().encode(),
-        bytes(range(17, 25)).hex().encode(),
+    digits = good.hex().encode()
+    assert ids.new_root_line() == (
+        b"traceparent: 00-" + digits[:32] + b"-" + digits[33:49] + b"-00\r\n"
     )
-    assert draws == [24, 24, 24]
+    assert draws == [25, 25, 25]
 
 
 def test_an_id_source_needs_a_batch() -> None:
@@ -184,6 +216,15 @@ HALF_BOUND = 1 << 62  # int(0.5 * 2**63): ids with (low >> 1) below this are sam
 )
 def test_sampler_root_trace_follows_the_ratio(rate: float, trace_id: bytes, expected: bool) -> None:
     assert Sampler(rate).sampled(trace_id, None) is expected
+
+
+@pytest.mark.parametrize("rate", [0.0, 1e-4, 0.5, 1.0])
+def test_a_root_line_is_sampled_as_its_trace_id_is(rate: float) -> None:
+    sampler = Sampler(rate)
+    for low in (0, 1, HALF_BOUND << 1, 2**60, 2**64 - 1):
+        trace_id = _trace_id_with_low(low)
+        line = traceparent_line(trace_id, SPAN_ID, False)
+        assert sampler.sampled_root(line) is sampler.sampled(trace_id, None)
 
 
 def test_sampler_ignores_the_upper_half_of_the_trace_id() -> None:
