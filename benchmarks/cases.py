@@ -110,9 +110,11 @@ def case_rounds(case: str, rounds: int) -> int:
 
 
 def round_plan(rows: Sequence[str], rounds: int) -> list[tuple[int, str]]:
-    """(round, row) in the order they run: every row once in order, then again for the next
-    round, so drift between runs hits all rows alike rather than the one measured last."""
-    return [(k, row) for k in range(1, rounds + 1) for row in rows]
+    """(round, row) in the order they run: every row once per round, so drift between runs
+    hits all rows alike rather than the one measured last. Each round starts one row further
+    on (round 2 with the second row, ...), so no row always runs right after the same one."""
+    n = len(rows)
+    return [(k, rows[(k - 1 + i) % n]) for k in range(1, rounds + 1) for i in range(n)]
 
 
 def count_runs(cases: Sequence[str], targets: Sequence[str], rounds: int = 1) -> int:

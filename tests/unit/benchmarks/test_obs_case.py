@@ -832,9 +832,9 @@ def test_round_plan_interleaves_rows() -> None:
         (1, FASTPROXY_OBS_OFF),
         (1, FASTPROXY_METRICS),
         (1, FASTPROXY_TRACED),
-        (2, FASTPROXY_OBS_OFF),
         (2, FASTPROXY_METRICS),
         (2, FASTPROXY_TRACED),
+        (2, FASTPROXY_OBS_OFF),
     ]
     assert round_plan(["direct", NGINX], 1) == [(1, "direct"), (1, NGINX)]
     assert round_plan([], 3) == []

@@ -132,12 +132,12 @@ def test_small_c50_round_plan_interleaves_targets() -> None:
         (1, DIRECT),
         (1, NGINX),
         (1, FASTPROXY),
-        (2, DIRECT),
         (2, NGINX),
         (2, FASTPROXY),
+        (2, DIRECT),
+        (3, FASTPROXY),
         (3, DIRECT),
         (3, NGINX),
-        (3, FASTPROXY),
     ]
 
 
@@ -383,3 +383,16 @@ def test_markdown_single_runs_say_nothing_of_rounds() -> None:
     assert "interleaved" not in md
     assert ROUNDS_COLUMN not in md
     assert "## small-c50: 13 B body, 50 connections, 3 s\n" in md
+
+
+@pytest.mark.parametrize("rounds", [1, 2, 3, 4, 7])
+def test_round_plan_moves_each_row_through_every_place(rounds: int) -> None:
+    rows = ["a", "b", "c"]
+    plan = round_plan(rows, rounds)
+    by_round = [[row for k, row in plan if k == r] for r in range(1, rounds + 1)]
+    assert all(sorted(order) == rows for order in by_round)
+    # Over len(rows) consecutive rounds, every row runs once in every place.
+    for start in range(0, rounds - len(rows) + 1):
+        window = by_round[start : start + len(rows)]
+        for place in range(len(rows)):
+            assert sorted(order[place] for order in window) == rows
