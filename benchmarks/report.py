@@ -420,8 +420,9 @@ def rounds_note(rounds: int) -> str:
     if rounds <= 1:
         return ""
     return (
-        f"Each row is the median of {rounds} interleaved rounds: every row ran once in order, "
-        f"then again, {rounds} times, so the machine's drift hits all rows alike. Reported is "
+        f"Each row is the median of {rounds} interleaved rounds: every row ran once per round, "
+        f"{rounds} times, each round starting one row further on, so the machine's drift hits "
+        "all rows alike. Reported is "
         "the run whose proxy us/req is the median of its row's rounds (by rps for a row "
         "without that figure, i.e. direct; the lower middle one for an even count; failed "
         "rounds left out), taken whole: every figure of the row is that run's, and the ratios "
