@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import random
 
 import pytest
 
@@ -175,6 +176,29 @@ def test_every_bound_and_the_values_around_it_land_where_bisect_left_puts_them(
         expected[bisect.bisect_left(bounds, value)] = 1
         assert child.counts == expected, value
         assert (child.count, child.sum) == (1, value)
+
+
+@pytest.mark.parametrize(
+    "bounds", [(1.0, 2.0, 4.0), DEFAULT_LATENCY_BUCKETS_MS, SIDECAR_TIME_BUCKETS_MS]
+)
+def test_one_child_fed_runs_of_alike_and_scattered_values_counts_as_bisect_left(
+    bounds: tuple[float, ...],
+) -> None:
+    """The bucket of the last value is tried first: it must never catch a value of another."""
+    values = []
+    for bound in bounds:
+        values.extend((bound, math.nextafter(bound, -math.inf), math.nextafter(bound, math.inf)))
+    values += [math.inf, bounds[0] - 1.0]
+    shuffled = random.Random(7).sample(values, len(values))
+    # Runs of one value and of neighbours, then the same values in a scattered order.
+    fed = [v for v in sorted(values) for _ in range(3)] + shuffled + sorted(values, reverse=True)
+    child = Histogram("h", "H.", (), bounds).labels()
+    expected = [0] * (len(bounds) + 1)
+    for value in fed:
+        child.observe(value)
+        expected[bisect.bisect_left(bounds, value)] += 1
+    assert child.counts == expected
+    assert child.count == len(fed)
 
 
 def test_a_given_inf_bound_is_not_rendered_twice() -> None:
