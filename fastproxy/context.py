@@ -176,6 +176,11 @@ class SidecarContext:
         if self.observability.metrics is not None:
             self.observability.metrics.record_acl_denied(caller)
 
+    def record_error_code(self, error_code: str) -> None:
+        """The sidecar answered with a Dapr error body (counted when recordErrorCodes is on)."""
+        if self.observability.metrics is not None:
+            self.observability.metrics.record_error_code(error_code)
+
     def _breaker_changed(self, name: str, old: BreakerState, new: BreakerState) -> None:
         log.warning("circuit breaker %s: %s -> %s", name, old.name.lower(), new.name.lower())
         self.breaker_states[name] = new

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from fastproxy.downstream.protocol import DownstreamProtocol
 
 RUNTIME_VERSION = "fastproxy-0.1.0"
+HEALTH_APPID_NOT_MATCH = "ERR_HEALTH_APPID_NOT_MATCH"
 
 
 class Metadata:
@@ -91,7 +92,8 @@ def local_reply(
     if route is LocalRoute.HEALTHZ:
         wanted = _query_value(query, "appid")
         if wanted is not None and wanted != ctx.config.app_id:
-            body = error_body("ERR_HEALTH_APPID_NOT_MATCH", "dapr app-id does not match")
+            ctx.record_error_code(HEALTH_APPID_NOT_MATCH)
+            body = error_body(HEALTH_APPID_NOT_MATCH, "dapr app-id does not match")
             return LocalReply(
                 conn,
                 local_response(clock, 500, body, keep_alive=keep_alive, extra_headers=timing_line),

@@ -394,6 +394,7 @@ class DownstreamProtocol(asyncio.Protocol):
             exchange = self._open_exchange(parser)
             exchange.obs = self._obs
         except ProxyError as error:
+            self._ctx.record_error_code(error.error_code)
             # A body the client was told to hold back may never come: close after.
             keep_alive = (
                 parser.should_keep_alive()
@@ -682,6 +683,7 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def reply_error(self, exchange: Exchange, error: ProxyError) -> None:
         """An exchange failed before its response started: answer for it."""
+        self._ctx.record_error_code(error.error_code)
         keep_alive = exchange.keep_alive and exchange.request_done and not error.closes_connection
         exchange.keep_alive = keep_alive
         obs = exchange.obs
@@ -702,6 +704,7 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def _reject(self, error: ProxyError) -> None:
         """The byte stream can no longer be trusted: answer once, in order, then close."""
+        self._ctx.record_error_code(error.error_code)
         self._stop_reading()
         current = self._current
         if current is not None and not current.request_done:

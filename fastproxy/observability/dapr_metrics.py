@@ -44,6 +44,21 @@ STANDARD_METHODS: Final = frozenset(
 )
 UNKNOWN_METHOD: Final = "UNKNOWN"
 
+# The categories daprd files its error codes under (pkg/messages/errorcodes), for the
+# codes the sidecar answers with; its own framing errors count as common ones.
+ERROR_CATEGORIES: Final = {
+    "ERR_DIRECT_INVOKE": "service-invocation",
+    "ERR_HEALTH_NOT_READY": "health",
+    "ERR_HEALTH_APPID_NOT_MATCH": "health",
+    "ERR_OUTBOUND_HEALTH_NOT_READY": "health",
+}
+DEFAULT_ERROR_CATEGORY: Final = "common"
+
+
+def error_category(error_code: str) -> str:
+    return ERROR_CATEGORIES.get(error_code, DEFAULT_ERROR_CATEGORY)
+
+
 INVOKE_PATTERN_PREFIX: Final = "/v1.0/invoke/{app_id}/method"
 """daprd registers every pathMatching pattern once more behind this prefix."""
 
@@ -275,6 +290,7 @@ class DaprMetrics:
         "_app_cache",
         "_client_count",
         "_client_latency",
+        "_error_codes",
         "_inbound_cache",
         "_last_method",
         "_last_path",
@@ -309,6 +325,7 @@ class DaprMetrics:
         path_matching: Sequence[str] = (),
         exclude_verbs: bool = False,
         max_series: int = DEFAULT_MAX_SERIES,
+        record_error_codes: bool = False,
     ) -> None:
         self.app_id = app_id
         self.enabled = enabled
@@ -437,6 +454,17 @@ class DaprMetrics:
                 max_series,
             )
         )
+        # spec.metric.recordErrorCodes: as in daprd, the metric exists only when asked for.
+        self._error_codes: Counter | None = None
+        if record_error_codes:
+            self._error_codes = registry.register(
+                Counter(
+                    "dapr_error_code_total",
+                    "Total number of times an error with a specific error code was encountered.",
+                    ("app_id", "error_code", "category"),
+                    max_series,
+                )
+            )
         registry.register(
             CounterFunc(
                 "fastproxy_metrics_series_overflow_total",
@@ -568,6 +596,12 @@ class DaprMetrics:
     def record_acl_denied(self, src_app_id: str) -> None:
         if self.enabled:
             self._acl_denied.labels(self.app_id, src_app_id).value += 1
+
+    def record_error_code(self, error_code: str) -> None:
+        """The sidecar answered with a Dapr error body carrying `error_code`."""
+        counter = self._error_codes
+        if counter is not None and self.enabled and error_code:
+            counter.labels(self.app_id, error_code, error_category(error_code)).value += 1
 
     # -- look-up misses --------------------------------------------------------------------------
 

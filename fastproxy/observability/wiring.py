@@ -55,6 +55,7 @@ def build_observability(
             increased_cardinality=metric.increased_cardinality,
             path_matching=metric.path_matching,
             exclude_verbs=metric.exclude_verbs,
+            record_error_codes=metric.record_error_codes,
         )
     tracing = settings.tracing
     sampler = Sampler(tracing.sampling_rate) if tracing.enabled else None

@@ -149,6 +149,43 @@ async def test_latency_buckets_come_from_the_configuration(
             assert 100 <= total < 5000
 
 
+async def test_error_codes_are_counted_by_code_and_category_when_asked_for(
+    make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path
+) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT):
+        spec = {"metric": {"recordErrorCodes": True}}
+        sidecar = await observed_sidecar(make_sidecar, tmp_path, spec, app_port=echo_app.port)
+        port = sidecar.http_port
+        for _ in range(2):
+            await fetch(port, "GET", "/v1.0/invoke/nowhere/method/x", status=500)
+        await fetch(port, "GET", "/v1.0/healthz?appid=someone-else", status=500)
+        malformed = await raw_exchange(port, b"GET /x HTTP/1.1\r\nHost: a\r\nHost b\r\n\r\n")
+        assert [r.status for r in parse_responses(malformed)] == [400]
+        # The app's own failures are its business: no sidecar error code.
+        await fetch(port, "GET", f"{APP}/fail?status=503", status=503)
+        await fetch(port, "GET", f"{APP}/ok")
+
+        exposition = await scrape(sidecar)
+        assert exposition.types["dapr_error_code_total"] == "counter"
+        assert exposition.family("dapr_error_code_total") == {
+            L(app_id="app", error_code="ERR_DIRECT_INVOKE", category="service-invocation"): 2,
+            L(app_id="app", error_code="ERR_HEALTH_APPID_NOT_MATCH", category="health"): 1,
+            L(app_id="app", error_code="ERR_MALFORMED_REQUEST", category="common"): 1,
+        }
+
+
+async def test_error_codes_are_not_a_metric_by_default(
+    make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path
+) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT):
+        sidecar = await observed_sidecar(make_sidecar, tmp_path, app_port=echo_app.port)
+        await fetch(sidecar.http_port, "GET", "/v1.0/invoke/nowhere/method/x", status=500)
+        exposition = await scrape(sidecar)
+        assert "dapr_error_code_total" not in exposition.types
+        # The request itself is still counted as any other.
+        assert request_count(exposition, "/v1.0/invoke/nowhere/method/x", "500") == 1
+
+
 async def test_open_connections_and_pool_gauges_are_read_at_scrape_time(
     make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path
 ) -> None:

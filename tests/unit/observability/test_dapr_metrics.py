@@ -483,6 +483,38 @@ def test_record_retry_adds_every_retry_attempt() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("code", "category"),
+    [
+        ("ERR_DIRECT_INVOKE", "service-invocation"),
+        ("ERR_HEALTH_APPID_NOT_MATCH", "health"),
+        ("ERR_HEALTH_NOT_READY", "health"),
+        ("ERR_MALFORMED_REQUEST", "common"),
+        ("ERR_HEADERS_TOO_LARGE", "common"),
+    ],
+)
+def test_error_codes_are_counted_with_daprs_category(code: str, category: str) -> None:
+    metrics = DaprMetrics("app1", record_error_codes=True)
+    metrics.record_error_code(code)
+    metrics.record_error_code(code)
+    assert only(samples(metrics), "dapr_error_code_total") == {
+        L(app_id="app1", error_code=code, category=category): 2
+    }
+
+
+def test_an_answer_without_an_error_code_is_not_counted() -> None:
+    metrics = DaprMetrics("app1", record_error_codes=True)
+    metrics.record_error_code("")  # a 401 for a bad API token carries no code
+    assert only(samples(metrics), "dapr_error_code_total") == {}
+    assert "# TYPE dapr_error_code_total counter" in metrics.render().decode()
+
+
+def test_error_codes_are_left_out_unless_asked_for() -> None:
+    metrics = DaprMetrics("app1")
+    metrics.record_error_code("ERR_DIRECT_INVOKE")
+    assert "dapr_error_code_total" not in metrics.render().decode()
+
+
 def test_disabled_metrics_record_nothing() -> None:
     metrics = DaprMetrics("app1", enabled=False)
     record_everything(metrics)
