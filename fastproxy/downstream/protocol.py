@@ -716,7 +716,12 @@ class DownstreamProtocol(asyncio.Protocol):
                     return
             else:
                 self._pending.pop()
-        reply = LocalReply(self, error_response(self._ctx.clock, error, False), False, 0)
+        data = error_response(self._ctx.clock, error, False)
+        observer = self._observer
+        if self._in_head and observer is not None and observer.logs_access:
+            # Refused before its head was whole: no route, no metrics, but a log line.
+            observer.rejected(error.status, body_size(data), self._client_address)
+        reply = LocalReply(self, data, False, 0)
         reply.request_done = True
         self._enqueue(reply)
 

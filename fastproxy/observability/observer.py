@@ -159,6 +159,32 @@ class Observer:
                 )
             )
 
+    def rejected(self, status: int, bytes_out: int, client: str) -> None:
+        """A request refused before its head was whole (malformed, too large, too slow).
+
+        It has no route and no trace; only the access log hears of it, with an empty
+        method and path, so a flood of garbage is visible where requests are.
+        """
+        access_log = self._access_log
+        if access_log is not None:
+            access_log.write(
+                AccessRecord(
+                    time=_time(),
+                    method="",
+                    path="",
+                    app_id="",
+                    status=status,
+                    bytes_in=0,
+                    bytes_out=bytes_out,
+                    upstream="",
+                    total_ms=0.0,
+                    upstream_ms=0.0,
+                    retries=0,
+                    trace_id="",
+                    client=client,
+                )
+            )
+
     def _record(
         self, metrics: DaprMetrics, obs: Observation, total_s: float, upstream_s: float
     ) -> None:

@@ -18,7 +18,14 @@ from typing import Any
 import pytest
 
 from fastproxy import Sidecar
-from tests.integration.conftest import EchoApp, Response, SidecarFactory, request
+from tests.integration.conftest import (
+    EchoApp,
+    Response,
+    SidecarFactory,
+    parse_responses,
+    raw_exchange,
+    request,
+)
 from tests.integration.observability_fixtures import (
     APP,
     app_process_args,
@@ -390,6 +397,37 @@ async def test_bytes_out_counts_every_body_the_sidecar_writes_itself(logged: Log
         ]
         assert [f["bytes_out"] for f in lines] == [len(r.body) for r in responses]
         assert [f["bytes_in"] for f in lines] == [0, 3, 0, 4]
+
+
+# -- requests refused before their head was whole ---------------------------------------------
+
+
+async def test_requests_refused_while_reading_the_head_are_logged_without_a_route(
+    logged: Logged,
+) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT):
+        sidecar = await logged.start("json")
+        port = sidecar.http_port
+        malformed = parse_responses(
+            await raw_exchange(port, b"GET /secret-x HTTP/1.1\r\nHost: a\r\nNo colon\r\n\r\n")
+        )
+        huge = parse_responses(
+            await raw_exchange(
+                port, b"GET /y HTTP/1.1\r\nHost: a\r\nX-Big: " + b"z" * 70_000 + b"\r\n\r\n"
+            )
+        )
+        ok = await fetch(port, "GET", f"{APP}/fine")
+        assert [r.status for r in (*malformed, *huge, ok)] == [400, 431, 200]
+        lines = await logged.lines(sidecar, "json")
+
+        assert [(f["method"], f["path"], f["app_id"], f["status"]) for f in lines] == [
+            ("", "", "", 400),
+            ("", "", "", 431),
+            ("GET", f"{APP}/fine", "app", 200),
+        ]
+        assert [f["bytes_out"] for f in lines[:2]] == [len(malformed[0].body), len(huge[0].body)]
+        assert all(f["client"].startswith("127.0.0.1:") for f in lines)
+        assert all(f["trace_id"] == "" and f["upstream"] == "" for f in lines[:2])
 
 
 # -- as a process ------------------------------------------------------------------------------
