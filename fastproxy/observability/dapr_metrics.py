@@ -48,9 +48,7 @@ UNKNOWN_METHOD: Final = "UNKNOWN"
 # codes the sidecar answers with; its own framing errors count as common ones.
 ERROR_CATEGORIES: Final = {
     "ERR_DIRECT_INVOKE": "service-invocation",
-    "ERR_HEALTH_NOT_READY": "health",
     "ERR_HEALTH_APPID_NOT_MATCH": "health",
-    "ERR_OUTBOUND_HEALTH_NOT_READY": "health",
 }
 DEFAULT_ERROR_CATEGORY: Final = "common"
 

@@ -488,7 +488,7 @@ def test_record_retry_adds_every_retry_attempt() -> None:
     [
         ("ERR_DIRECT_INVOKE", "service-invocation"),
         ("ERR_HEALTH_APPID_NOT_MATCH", "health"),
-        ("ERR_HEALTH_NOT_READY", "health"),
+        ("ERR_BODY_TOO_LARGE", "common"),
         ("ERR_MALFORMED_REQUEST", "common"),
         ("ERR_HEADERS_TOO_LARGE", "common"),
     ],
