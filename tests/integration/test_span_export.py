@@ -126,6 +126,15 @@ async def make_exporter() -> AsyncIterator[Callable[..., BatchExporter]]:
         await exporter.close(deadline=0.5)
 
 
+ACCEPTED = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
+
+
+async def read_post_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
+    """The body of the POST whose `head` was just read (framed by Content-Length)."""
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return await reader.readexactly(length)
+
+
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [
         r for r in caplog.records if r.name == "fastproxy.tracing" and r.levelno == logging.WARNING
@@ -275,11 +284,9 @@ async def test_a_kept_connection_the_collector_closed_while_idle_is_replaced(
         task = asyncio.current_task()
         assert task is not None
         handlers.append(task)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-        await reader.readexactly(length)
+        await read_post_body(reader, await reader.readuntil(b"\r\n\r\n"))
         peers.append(writer.get_extra_info("peername"))
-        writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+        writer.write(ACCEPTED)
         await writer.drain()
         await asyncio.sleep(0.1)
         writer.close()  # idle close, as collectors do, after one answer per connection
@@ -323,9 +330,8 @@ async def test_a_kept_connection_that_fails_unanswered_is_tried_once_more_fresh(
                 head = await reader.readuntil(b"\r\n\r\n")
                 if index == 0 and served[0] == 1:
                     return  # the second request on the first connection: hang up
-                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                await reader.readexactly(length)
-                writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+                await read_post_body(reader, head)
+                writer.write(ACCEPTED)
                 await writer.drain()
                 served[index] += 1
         except (asyncio.IncompleteReadError, ConnectionError):

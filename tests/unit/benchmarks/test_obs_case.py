@@ -90,6 +90,7 @@ from benchmarks.targets import (
     Target,
     fastproxy_argv,
 )
+from tests.unit.benchmarks.measurements import small_c50_run
 from tests.unit.benchmarks.run_docs import run_doc
 
 ALL_TARGETS = ["direct", NGINX, "byte-relay", FASTPROXY]
@@ -116,12 +117,9 @@ def _m(
     error: str | None = None,
     case: str = OBS_CASE,
 ) -> Measurement:
-    return Measurement(
-        case=case,
-        size="small",
-        size_bytes=13,
-        connections=50,
-        target=target,
+    return small_c50_run(
+        target,
+        case,
         requests=requests,
         rps=rps,
         p50_ms=1.0,

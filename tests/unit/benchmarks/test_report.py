@@ -20,6 +20,7 @@ from benchmarks.report import (
     ratio,
     verdict,
 )
+from tests.unit.benchmarks.measurements import small_c50_run
 
 
 def _m(
@@ -29,20 +30,7 @@ def _m(
     case: str = "small-c50",
     error: str | None = None,
 ) -> Measurement:
-    return Measurement(
-        case=case,
-        size="small",
-        size_bytes=13,
-        connections=50,
-        target=target,
-        rps=rps,
-        p50_ms=0.5,
-        p90_ms=0.8,
-        p99_ms=1.25,
-        proxy_cpu_us_per_req=cpu,
-        upstream_cpu_us_per_req=4.0,
-        error=error,
-    )
+    return small_c50_run(target, case, rps=rps, proxy_cpu_us_per_req=cpu, error=error)
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,7 @@ from benchmarks.report import (
     verdict,
 )
 from benchmarks.run import _progress, parse_args, render_markdown
+from tests.unit.benchmarks.measurements import small_c50_run
 from tests.unit.benchmarks.run_docs import run_doc
 
 ALL_TARGETS = [DIRECT, NGINX, RELAY, FASTPROXY]
@@ -58,19 +59,13 @@ def _m(
     error: str | None = None,
     case: str = VERDICT_CASE,
 ) -> Measurement:
-    return Measurement(
-        case=case,
-        size="small",
-        size_bytes=13,
-        connections=50,
-        target=target,
+    return small_c50_run(
+        target,
+        case,
         requests=300_000,
         rps=rps,
-        p50_ms=0.5,
-        p90_ms=0.8,
         p99_ms=p99,
         proxy_cpu_us_per_req=cpu,
-        upstream_cpu_us_per_req=4.0,
         error=error,
     )
 
