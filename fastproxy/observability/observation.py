@@ -46,13 +46,19 @@ class Observation:
         "started",
         "status",
         "target",
+        "timed",
         "traceparent",
         "tracestate",
         "upstream",
     )
 
-    def __init__(self, method: bytes, path: bytes, delivered: bool, server_timing: bool) -> None:
-        self.started = _perf_counter()
+    def __init__(
+        self, method: bytes, path: bytes, delivered: bool, server_timing: bool, timed: bool = True
+    ) -> None:
+        # Untimed (trace propagation alone: no metrics, log, Server-Timing or span wants
+        # a duration), no clock is read at all; the instants stay 0.
+        self.timed = timed
+        self.started = _perf_counter() if timed else 0.0
         self.method = method
         self.path = path
         self.delivered = delivered
@@ -113,16 +119,17 @@ class Observation:
 
     def mark_sent(self) -> None:
         """The request head went to an upstream (the first attempt's counts)."""
-        if self.sent_at == 0.0:
+        if self.sent_at == 0.0 and self.timed:
             self.sent_at = _perf_counter()
 
     def response_head(self, status: int, upstream: Pool, app_traceparent: bool) -> bytes:
         """The upstream's response head arrived: the lines the client's copy gains."""
-        now = _perf_counter()
-        self.head_at = now
         self.status = status
         self.upstream = upstream
         lines = b"" if app_traceparent else self.response_lines
+        if not self.timed:
+            return lines
+        now = self.head_at = _perf_counter()
         if self.server_timing:
             app_s = now - self.sent_at if self.sent_at else 0.0
             own_s = now - self.started - app_s

@@ -44,12 +44,14 @@ class Observer:
     __slots__ = (
         "_access_log",
         "_exporters",
+        "_exports",
         "_ids",
         "_metrics",
         "_obfuscate_urls",
         "_omit_health_checks",
         "_sampler",
         "_server_timing",
+        "_times_every_request",
         "app_id",
         "logs_access",
         "tracing",
@@ -80,6 +82,12 @@ class Observer:
         self._omit_health_checks = omit_health_checks
         self._obfuscate_urls = obfuscate_urls
         self._server_timing = server_timing
+        # Whether a request's clocks are read even when it is not sampled: trace
+        # propagation alone needs no clock.
+        self._exports = bool(self._exporters)
+        self._times_every_request = (
+            (metrics is not None and metrics.enabled) or access_log is not None or server_timing
+        )
 
     def __repr__(self) -> str:
         return (
@@ -99,35 +107,47 @@ class Observer:
         delivered: bool,
     ) -> Observation:
         """A request's head was read: its clocks start, its trace context is decided."""
-        obs = Observation(method, path, delivered, self._server_timing)
         sampler = self._sampler
-        if sampler is not None:
-            # Health checks are never traced, as in daprd.
-            parsed = parse_traceparent(traceparent) if traceparent else None
-            if parsed is None:
-                # Absent or malformed: a new trace, never the client's bytes.
-                line = self._ids.new_root_line()
-                sampled = sampler.sampled_root(line) and not path.startswith(_HEALTHZ)
-                if sampled:
-                    line = sampled_line(line)
-            else:
-                trace_id, obs.parent_id, parent_sampled = parsed
-                sampled = sampler.sampled(trace_id, parent_sampled) and not path.startswith(
-                    _HEALTHZ
-                )
-                line = traceparent_line(trace_id, self._ids.new_span(), sampled)
-                if tracestate and valid_tracestate(tracestate):
-                    obs.tracestate = tracestate
-            obs.traceparent = line
-            obs.sampled = sampled
-            if obs.tracestate:
-                obs.app_lines = line + b"tracestate: %b\r\n" % obs.tracestate
-            else:
-                obs.app_lines = line
+        if sampler is None:
+            return Observation(
+                method, path, delivered, self._server_timing, self._times_every_request
+            )
+        # Health checks are never traced, as in daprd.
+        parsed = parse_traceparent(traceparent) if traceparent else None
+        parent_id = kept_tracestate = b""
+        if parsed is None:
+            # Absent or malformed: a new trace, never the client's bytes.
+            line = self._ids.new_root_line()
+            sampled = sampler.sampled_root(line) and not path.startswith(_HEALTHZ)
+            if sampled:
+                line = sampled_line(line)
+        else:
+            trace_id, parent_id, parent_sampled = parsed
+            sampled = sampler.sampled(trace_id, parent_sampled) and not path.startswith(_HEALTHZ)
+            line = traceparent_line(trace_id, self._ids.new_span(), sampled)
+            if tracestate and valid_tracestate(tracestate):
+                kept_tracestate = tracestate
+        obs = Observation(
+            method,
+            path,
+            delivered,
+            self._server_timing,
+            self._times_every_request or (sampled and self._exports),
+        )
+        obs.traceparent = line
+        obs.sampled = sampled
+        obs.parent_id = parent_id
+        if kept_tracestate:
+            obs.tracestate = kept_tracestate
+            obs.app_lines = line + b"tracestate: %b\r\n" % kept_tracestate
+        else:
+            obs.app_lines = line
         return obs
 
     def finish(self, obs: Observation) -> None:
         """The response is over: metrics, the span if sampled, the access log line."""
+        if not obs.timed:
+            return  # nothing wants to hear of it (see `begin`)
         total_s = _perf_counter() - obs.started
         upstream_s = obs.upstream_seconds()
         metrics = self._metrics
