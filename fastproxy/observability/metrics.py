@@ -90,7 +90,16 @@ class HistogramChild:
     observation allocates nothing. The total count is their sum, worked out when read.
     """
 
-    __slots__ = ("bounds", "first", "first_count", "last", "rest", "sum")
+    __slots__ = (
+        "bounds",
+        "first",
+        "first_count",
+        "last_cell",
+        "last_high",
+        "last_low",
+        "rest",
+        "sum",
+    )
 
     def __init__(self, bounds: list[float]) -> None:
         self.bounds = bounds
@@ -99,8 +108,10 @@ class HistogramChild:
         # Buckets 2.. and +Inf: `rest[i - 1]` counts the values of bucket i.
         self.rest = [CounterChild() for _ in bounds]
         self.sum = 0.0
-        # The finite bucket past the first that the last value beyond it fell in (0: none).
-        self.last = 0
+        # The finite bucket past the first that the last value beyond it fell in: its
+        # bounds and its count, held here so the next alike value touches nothing else.
+        self.last_low = self.last_high = 0.0  # an empty range: no value is in it
+        self.last_cell = self.rest[0] if self.rest else CounterChild()
 
     @property
     def counts(self) -> list[int]:
@@ -116,15 +127,14 @@ class HistogramChild:
         if value <= self.first:
             self.first_count += 1
             return
-        bounds = self.bounds
         # Values come in runs of alike ones (a sidecar's own time, say): the last
         # bucket is tried before a search.
-        last = self.last
-        if last and bounds[last - 1] < value <= bounds[last]:
-            self.rest[last - 1].value += 1
+        if self.last_low < value <= self.last_high:
+            self.last_cell.value += 1
             return
         # The first bound >= value (bisect_left), so a value equal to a bound lands in
         # that bound's bucket (le is <=). Written out: compiled, it beats a call to bisect.
+        bounds = self.bounds
         low = 1
         high = len(bounds)
         while low < high:
@@ -133,9 +143,12 @@ class HistogramChild:
                 low = middle + 1
             else:
                 high = middle
+        cell = self.rest[low - 1]
         if low < len(bounds):  # not +Inf, which has no bound to test against
-            self.last = low
-        self.rest[low - 1].value += 1
+            self.last_low = bounds[low - 1]
+            self.last_high = bounds[low]
+            self.last_cell = cell
+        cell.value += 1
 
 
 # -- metrics ---------------------------------------------------------------------------------------
