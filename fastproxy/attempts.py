@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
+from typing import Protocol
 
 from fastproxy.resiliency.breaker import CircuitBreaker
 from fastproxy.resiliency.retry import RetrySpec
@@ -20,18 +21,42 @@ TIMED_OUT = "context deadline exceeded"
 BREAKER_OPEN = "circuit breaker is open"
 
 
+class PolicyMonitor(Protocol):
+    """Hears when a policy acts on a call to `target` (Dapr's resiliency metrics)."""
+
+    def policy_executed(self, target: str, timeout: bool, retry: bool, breaker: str) -> None:
+        """A call is made under the target's policies (`breaker`: its state, or "")."""
+
+    def policy_activated(self, target: str, policy: str, status: str = "") -> None:
+        """A policy acted: a timeout fired, a retry is made, a breaker changed state."""
+
+
 class Attempts:
-    __slots__ = ("_breaker", "_generation", "_loop", "_retries", "_retry", "_timeout", "_timer")
+    __slots__ = (
+        "_breaker",
+        "_generation",
+        "_loop",
+        "_monitor",
+        "_retries",
+        "_retry",
+        "_target",
+        "_timeout",
+        "_timer",
+    )
 
     def __init__(
         self,
         timeout: float | None,
         retry: RetrySpec | None,
         breaker: CircuitBreaker | None,
+        monitor: PolicyMonitor | None = None,
+        target: str = "",
     ) -> None:
         self._timeout = timeout
         self._retry = retry
         self._breaker = breaker
+        self._monitor = monitor
+        self._target = target
         self._generation = 0
         self._retries = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -53,8 +78,14 @@ class Attempts:
                 return False
             self._generation = generation
         if self._timeout is not None:
-            self._timer = self._loop.call_later(self._timeout, on_timeout)
+            self._timer = self._loop.call_later(self._timeout, self._timed_out, on_timeout)
         return True
+
+    def _timed_out(self, on_timeout: Callable[[], None]) -> None:
+        self._timer = None
+        if self._monitor is not None:
+            self._monitor.policy_activated(self._target, "timeout")
+        on_timeout()
 
     def end(self, success: bool) -> None:
         """The attempt is over: stop its clock and tell the breaker how it went."""
@@ -80,6 +111,8 @@ class Attempts:
         retry = self._retry
         assert retry is not None
         self._retries += 1
+        if self._monitor is not None:
+            self._monitor.policy_activated(self._target, "retry")
         return retry.delay(self._retries, random.random)
 
     def call_after(self, delay: float, again: Callable[[], None]) -> None:

@@ -130,6 +130,7 @@ class SidecarContext:
             self.remote_apps,
             forwarded_lines(config.host_address),
             self.resiliency,
+            self.observability.metrics,
         )
         self.metadata = Metadata(
             metadata_document(
@@ -139,6 +140,9 @@ class SidecarContext:
         self._describe_security()
         if self.resiliency is not None:
             self.metadata.set_section("resiliency", self.resiliency.summary())
+            if self.observability.metrics is not None:
+                for name, namespace in self.resiliency.loaded():
+                    self.observability.metrics.record_policy_loaded(name, namespace)
         self.metadata.set_section("observability", describe(self.observability))
         if self.observability.metrics is not None:
             add_gauges(self, self.observability.metrics)
@@ -184,6 +188,10 @@ class SidecarContext:
     def _breaker_changed(self, name: str, old: BreakerState, new: BreakerState) -> None:
         log.warning("circuit breaker %s: %s -> %s", name, old.name.lower(), new.name.lower())
         self.breaker_states[name] = new
+        if self.observability.metrics is not None:
+            # A breaker is named "<target>:<method>" (see Forwarder).
+            target = name.partition(":")[0]
+            self.observability.metrics.policy_activated(target, "circuitbreaker", new.value)
 
     def reload_certificates(self) -> tuple[int, str] | None:
         """Re-read the mTLS files if they changed; (log level, line) when something happened."""

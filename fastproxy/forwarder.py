@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
-from fastproxy.attempts import Attempts
+from fastproxy.attempts import Attempts, PolicyMonitor
 from fastproxy.config.model import HTTPEndpoint
 from fastproxy.errors import ProxyError, invoke_failure
 from fastproxy.exchange import Exchange
@@ -42,6 +42,7 @@ class Forwarder:
         "_endpoint_pools",
         "_make_pool",
         "_namespace",
+        "_policy_monitor",
         "_remote_apps",
         "_remote_extra",
         "_resiliency",
@@ -63,9 +64,11 @@ class Forwarder:
         remote_apps: RemoteApps | None = None,
         forwarded_lines: bytes = b"",
         resiliency: Resiliency | None = None,
+        policy_monitor: PolicyMonitor | None = None,
     ) -> None:
         self.app_id = app_id
         self._resiliency = resiliency
+        self._policy_monitor = policy_monitor
         self._namespace = namespace
         self._remote_apps = remote_apps
 
@@ -210,12 +213,24 @@ class Forwarder:
         if policy is None:
             return
         breaker = None
+        target = invocation.target
         if policy.breaker is not None:
-            breakers = resiliency.breakers(invocation.target)
+            breakers = resiliency.breakers(target)
             if breakers is not None:
                 # Dapr keeps one breaker per app and method.
-                breaker = breakers.get(f"{invocation.target}:{invocation.method.decode()}")
-        exchange.arm(Attempts(policy.timeout, policy.retry, breaker), policy.retry is not None)
+                breaker = breakers.get(f"{target}:{invocation.method.decode()}")
+        monitor = self._policy_monitor
+        if monitor is not None:
+            monitor.policy_executed(
+                target,
+                policy.timeout is not None,
+                policy.retry is not None,
+                "" if breaker is None else breaker.state.value,
+            )
+        exchange.arm(
+            Attempts(policy.timeout, policy.retry, breaker, monitor, target),
+            policy.retry is not None,
+        )
 
     def _open_remote(
         self,

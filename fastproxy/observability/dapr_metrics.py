@@ -65,6 +65,21 @@ CACHE_SIZE: Final = 4096
 
 UNARY: Final = "unary"
 
+# Dapr's resiliency metrics (pkg/diagnostics/resiliency_monitoring.go): service invocation
+# policies act outbound, on targets named "app_<id>"; a breaker's state gauge has one
+# series per state, 1 for the state it was last seen in.
+RESILIENCY_LABELS: Final = (
+    "app_id",
+    "name",
+    "policy",
+    "namespace",
+    "flow_direction",
+    "target",
+    "status",
+)
+OUTBOUND: Final = "outbound"
+BREAKER_STATUSES: Final = ("closed", "half-open", "open", "unknown")
+
 
 def method_label(method: str, exclude_verbs: bool) -> str:
     """The `method` label: blank when verbs are excluded, `UNKNOWN` for non-standard verbs."""
@@ -286,6 +301,7 @@ class DaprMetrics:
     __slots__ = (
         "_acl_denied",
         "_app_cache",
+        "_breaker_seen",
         "_client_count",
         "_client_latency",
         "_error_codes",
@@ -301,6 +317,11 @@ class DaprMetrics:
         "_res_recv",
         "_res_recv_latency",
         "_res_sent",
+        "_resiliency_activations",
+        "_resiliency_count",
+        "_resiliency_loaded",
+        "_resiliency_name",
+        "_resiliency_namespace",
         "_response_bytes",
         "_retries",
         "_server_cache",
@@ -330,139 +351,133 @@ class DaprMetrics:
         self.exclude_verbs = exclude_verbs
         self.labeler = PathLabeler(increased_cardinality, path_matching)
         self.registry = registry = Registry()
+
+        def counter(name: str, help: str, labelnames: Sequence[str]) -> Counter:
+            return registry.register(Counter(name, help, labelnames, max_series))
+
+        def histogram(
+            name: str, help: str, labelnames: Sequence[str], buckets: Sequence[float]
+        ) -> Histogram:
+            return registry.register(Histogram(name, help, labelnames, buckets, max_series))
+
         http = ("app_id", "method", "path", "status")
         latency = tuple(latency_buckets)
 
-        self._server_count = registry.register(
-            Counter(
-                "dapr_http_server_request_count",
-                "Number of HTTP requests started in server.",
-                http,
-                max_series,
-            )
+        self._server_count = counter(
+            "dapr_http_server_request_count",
+            "Number of HTTP requests started in server.",
+            http,
         )
-        self._server_latency = registry.register(
-            Histogram(
-                "dapr_http_server_latency",
-                "HTTP request end to end latency in server.",
-                http,
-                latency,
-                max_series,
-            )
+        self._server_latency = histogram(
+            "dapr_http_server_latency",
+            "HTTP request end to end latency in server.",
+            http,
+            latency,
         )
-        self._request_bytes = registry.register(
-            Histogram(
-                "dapr_http_server_request_bytes",
-                "HTTP request body size if set as ContentLength (uncompressed) in server.",
-                ("app_id",),
-                SIZE_BUCKETS,
-                max_series,
-            )
+        self._request_bytes = histogram(
+            "dapr_http_server_request_bytes",
+            "HTTP request body size if set as ContentLength (uncompressed) in server.",
+            ("app_id",),
+            SIZE_BUCKETS,
         ).labels(app_id)
-        self._response_bytes = registry.register(
-            Histogram(
-                "dapr_http_server_response_bytes",
-                "HTTP response body size (uncompressed) in server.",
-                ("app_id",),
-                SIZE_BUCKETS,
-                max_series,
-            )
+        self._response_bytes = histogram(
+            "dapr_http_server_response_bytes",
+            "HTTP response body size (uncompressed) in server.",
+            ("app_id",),
+            SIZE_BUCKETS,
         ).labels(app_id)
-        self._client_count = registry.register(
-            Counter(
-                "dapr_http_client_completed_count",
-                "Count of completed requests",
-                http,
-                max_series,
-            )
+        self._client_count = counter(
+            "dapr_http_client_completed_count",
+            "Count of completed requests",
+            http,
         )
-        self._client_latency = registry.register(
-            Histogram(
-                "dapr_http_client_roundtrip_latency",
-                "Time between first byte of request headers sent to last byte of response "
-                "received, or terminal error",
-                http,
-                latency,
-                max_series,
-            )
+        self._client_latency = histogram(
+            "dapr_http_client_roundtrip_latency",
+            "Time between first byte of request headers sent to last byte of response "
+            "received, or terminal error",
+            http,
+            latency,
         )
-        self._req_sent = registry.register(
-            Counter(
-                "dapr_runtime_service_invocation_req_sent_total",
-                "The number of requests sent via service invocation.",
-                ("app_id", "dst_app_id", "type"),
-                max_series,
-            )
+        self._req_sent = counter(
+            "dapr_runtime_service_invocation_req_sent_total",
+            "The number of requests sent via service invocation.",
+            ("app_id", "dst_app_id", "type"),
         )
-        self._res_recv = registry.register(
-            Counter(
-                "dapr_runtime_service_invocation_res_recv_total",
-                "The number of responses received via service invocation.",
-                ("app_id", "src_app_id", "status", "type"),
-                max_series,
-            )
+        self._res_recv = counter(
+            "dapr_runtime_service_invocation_res_recv_total",
+            "The number of responses received via service invocation.",
+            ("app_id", "src_app_id", "status", "type"),
         )
-        self._res_recv_latency = registry.register(
-            Histogram(
-                "dapr_runtime_service_invocation_res_recv_latency_ms",
-                "The latency of service invocation response.",
-                ("app_id", "src_app_id", "status"),
-                latency,
-                max_series,
-            )
+        self._res_recv_latency = histogram(
+            "dapr_runtime_service_invocation_res_recv_latency_ms",
+            "The latency of service invocation response.",
+            ("app_id", "src_app_id", "status"),
+            latency,
         )
-        self._req_recv = registry.register(
-            Counter(
-                "dapr_runtime_service_invocation_req_recv_total",
-                "The number of requests received via service invocation.",
-                ("app_id", "src_app_id"),
-                max_series,
-            )
+        self._req_recv = counter(
+            "dapr_runtime_service_invocation_req_recv_total",
+            "The number of requests received via service invocation.",
+            ("app_id", "src_app_id"),
         )
-        self._res_sent = registry.register(
-            Counter(
-                "dapr_runtime_service_invocation_res_sent_total",
-                "The number of responses sent via service invocation.",
-                ("app_id", "dst_app_id", "status"),
-                max_series,
-            )
+        self._res_sent = counter(
+            "dapr_runtime_service_invocation_res_sent_total",
+            "The number of responses sent via service invocation.",
+            ("app_id", "dst_app_id", "status"),
         )
-        self._sidecar_time = registry.register(
-            Histogram(
-                "fastproxy_sidecar_time_ms",
-                "Time the sidecar itself spent on a request, apart from the upstream's.",
-                ("app_id",),
-                SIDECAR_TIME_BUCKETS_MS,
-                max_series,
-            )
+        self._sidecar_time = histogram(
+            "fastproxy_sidecar_time_ms",
+            "Time the sidecar itself spent on a request, apart from the upstream's.",
+            ("app_id",),
+            SIDECAR_TIME_BUCKETS_MS,
         ).labels(app_id)
-        self._retries = registry.register(
-            Counter(
-                "fastproxy_retries_total",
-                "Attempts made again under a resiliency retry policy.",
-                ("app_id", "dst_app_id"),
-                max_series,
-            )
+        self._retries = counter(
+            "fastproxy_retries_total",
+            "Attempts made again under a resiliency retry policy.",
+            ("app_id", "dst_app_id"),
         )
-        self._acl_denied = registry.register(
-            Counter(
-                "fastproxy_acl_denied_total",
-                "Requests refused by the access control policy.",
-                ("app_id", "src_app_id"),
-                max_series,
-            )
+        self._acl_denied = counter(
+            "fastproxy_acl_denied_total",
+            "Requests refused by the access control policy.",
+            ("app_id", "src_app_id"),
         )
         # spec.metric.recordErrorCodes: as in daprd, the metric exists only when asked for.
         self._error_codes: Counter | None = None
         if record_error_codes:
-            self._error_codes = registry.register(
-                Counter(
-                    "dapr_error_code_total",
-                    "Total number of times an error with a specific error code was encountered.",
-                    ("app_id", "error_code", "category"),
-                    max_series,
-                )
+            self._error_codes = counter(
+                "dapr_error_code_total",
+                "Total number of times an error with a specific error code was encountered.",
+                ("app_id", "error_code", "category"),
             )
+        self._resiliency_loaded = counter(
+            "dapr_resiliency_loaded",
+            "Number of resiliency policies loaded.",
+            ("app_id", "name", "namespace"),
+        )
+        self._resiliency_count = counter(
+            "dapr_resiliency_count",
+            "Number of times a resiliency policyKey has been applied to a building block.",
+            RESILIENCY_LABELS,
+        )
+        self._resiliency_activations = counter(
+            "dapr_resiliency_activations_total",
+            "Number of times a resiliency policyKey has been activated in a building block "
+            "after a failure or after a state change.",
+            RESILIENCY_LABELS,
+        )
+        registry.register(
+            GaugeFunc(
+                "dapr_resiliency_cb_state",
+                "A resiliency policy's current CircuitBreakerState state. 0 is closed, 1 is "
+                "half-open, 2 is open, and -1 is unknown.",
+                RESILIENCY_LABELS,
+                self._breaker_states,
+            )
+        )
+        # daprd labels every policy with the last Resiliency resource it loaded.
+        self._resiliency_name = ""
+        self._resiliency_namespace = ""
+        # The state each target's breaker was last seen in, bounded like a metric's series.
+        self._breaker_seen: dict[str, str] = {}
         registry.register(
             CounterFunc(
                 "fastproxy_metrics_series_overflow_total",
@@ -483,6 +498,14 @@ class DaprMetrics:
         self._app_cache: dict[tuple[bytes, bytes, int], _Exchange] = {}
         self._remote_cache: dict[tuple[str, int], _RemoteCall] = {}
         self._inbound_cache: dict[tuple[str, int], _Inbound] = {}
+
+    def _breaker_states(self) -> list[tuple[tuple[str, ...], float]]:
+        prefix = (self.app_id, self._resiliency_name, "circuitbreaker", self._resiliency_namespace)
+        return [
+            ((*prefix, OUTBOUND, target, status), 1.0 if status == seen else 0.0)
+            for target, seen in self._breaker_seen.items()
+            for status in BREAKER_STATUSES
+        ]
 
     def _overflow(self) -> list[tuple[tuple[str, ...], float]]:
         return [((), float(self.registry.folded()))]
@@ -600,6 +623,52 @@ class DaprMetrics:
         counter = self._error_codes
         if counter is not None and self.enabled and error_code:
             counter.labels(self.app_id, error_code, error_category(error_code)).value += 1
+
+    # -- resiliency (only for calls under a policy) --------------------------------------------
+
+    def record_policy_loaded(self, name: str, namespace: str) -> None:
+        """A Resiliency resource was loaded; the last one names every policy's series."""
+        self._resiliency_name = name
+        self._resiliency_namespace = namespace
+        if self.enabled:
+            self._resiliency_loaded.labels(self.app_id, name, namespace).value += 1
+
+    def policy_executed(self, target: str, timeout: bool, retry: bool, breaker: str) -> None:
+        """A call to `target` is made under its policies; `breaker` is its breaker's state."""
+        if not self.enabled:
+            return
+        app_target = "app_" + target
+        if timeout:
+            self._policy_series(self._resiliency_count, "timeout", app_target, "").value += 1
+        if retry:
+            self._policy_series(self._resiliency_count, "retry", app_target, "").value += 1
+        if breaker:
+            self._policy_series(
+                self._resiliency_count, "circuitbreaker", app_target, breaker
+            ).value += 1
+            seen = self._breaker_seen
+            if app_target in seen or len(seen) < self._resiliency_count.max_series:
+                seen[app_target] = breaker
+
+    def policy_activated(self, target: str, policy: str, status: str = "") -> None:
+        """A policy acted on a call to `target` (for a breaker: the state it changed to)."""
+        if self.enabled:
+            self._policy_series(
+                self._resiliency_activations, policy, "app_" + target, status
+            ).value += 1
+
+    def _policy_series(
+        self, counter: Counter, policy: str, target: str, status: str
+    ) -> CounterChild:
+        return counter.labels(
+            self.app_id,
+            self._resiliency_name,
+            policy,
+            self._resiliency_namespace,
+            OUTBOUND,
+            target,
+            status,
+        )
 
     # -- look-up misses --------------------------------------------------------------------------
 

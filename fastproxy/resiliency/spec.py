@@ -74,6 +74,7 @@ class AppPolicy:
 @dataclass(frozen=True, slots=True)
 class _Summary:
     name: str
+    namespace: str
     timeouts: tuple[str, ...]
     retries: tuple[str, ...]
     circuit_breakers: tuple[str, ...]
@@ -158,6 +159,10 @@ class Resiliency:
         if len(self._default_sets) > MAX_DEFAULT_TARGETS:
             self._default_sets.popitem(last=False)
         return breakers
+
+    def loaded(self) -> list[tuple[str, str]]:
+        """(name, namespace) of every resource loaded, in load order."""
+        return [(entry.name, entry.namespace) for entry in self._summaries]
 
     def summary(self) -> list[dict[str, object]]:
         """The loaded resources as `/v1.0/metadata` lists them, in load order."""
@@ -312,8 +317,11 @@ def _load_document(document: Mapping[str, object], where: str, policies: _Polici
         policies.cache_sizes[app] = size or DEFAULT_CACHE_SIZE
         app_names.append(app)
 
+    metadata = document.get("metadata")
+    namespace = metadata.get("namespace") if isinstance(metadata, Mapping) else None
     return _Summary(
         name=_name_of(document),
+        namespace=namespace if isinstance(namespace, str) else "",
         timeouts=tuple(timeout_names),
         retries=tuple(retry_names),
         circuit_breakers=tuple(breaker_names),

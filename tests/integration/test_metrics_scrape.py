@@ -39,6 +39,7 @@ from tests.integration.observability_fixtures import (
     request_count,
     scrape,
     write_retry_resources,
+    write_yaml,
 )
 from tests.integration.ports import free_port
 
@@ -500,3 +501,80 @@ async def test_retries_total_counts_every_retry_attempt(
         assert len(echo_app.seen) == 9
         exposition = await scrape(sidecar)
         assert exposition.family("fastproxy_retries_total") == {RETRIED: 6}
+
+
+def resiliency_series(policy: str, status: str = "", name: str = "retries") -> frozenset[Any]:
+    return L(
+        app_id="app",
+        name=name,
+        policy=policy,
+        namespace="",
+        flow_direction="outbound",
+        target="app_app",
+        status=status,
+    )
+
+
+async def test_dapr_resiliency_metrics_count_executions_and_every_retry(
+    make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path
+) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT):
+        sidecar = await retrying_sidecar(make_sidecar, echo_app, tmp_path, 3)
+        exposition = await scrape(sidecar)
+        assert exposition.family("dapr_resiliency_loaded") == {
+            L(app_id="app", name="retries", namespace=""): 1
+        }
+        assert exposition.family("dapr_resiliency_count") == {}
+        await fetch(sidecar.http_port, "GET", f"{APP}/down?status=503", status=503)
+        await fetch(sidecar.http_port, "GET", f"{APP}/fine")
+        await fetch(sidecar.http_port, "GET", f"{APP}/down?status=503", status=503)
+        exposition = await scrape(sidecar)
+        # Every call made under the retry policy counts; every retry activates it.
+        assert exposition.family("dapr_resiliency_count") == {resiliency_series("retry"): 3}
+        assert exposition.family("dapr_resiliency_activations_total") == {
+            resiliency_series("retry"): 6
+        }
+        assert exposition.family("dapr_resiliency_cb_state") == {}
+
+
+async def test_dapr_resiliency_metrics_see_timeouts_and_the_breaker_open(
+    make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path
+) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT):
+        document = {
+            "apiVersion": "dapr.io/v1alpha1",
+            "kind": "Resiliency",
+            "metadata": {"name": "guard"},
+            "spec": {
+                "policies": {
+                    "timeouts": {"short": "100ms"},
+                    "circuitBreakers": {
+                        "cb": {"trip": "consecutiveFailures >= 2", "timeout": "30s"}
+                    },
+                },
+                "targets": {"apps": {"app": {"timeout": "short", "circuitBreaker": "cb"}}},
+            },
+        }
+        folder = tmp_path / "resources"
+        write_yaml(folder, "resiliency", document)
+        sidecar = await observed_sidecar(
+            make_sidecar, tmp_path, app_port=echo_app.port, resources_paths=(str(folder),)
+        )
+        for _ in range(2):  # two timeouts trip the breaker
+            await fetch(sidecar.http_port, "GET", f"{APP}/slow?delay=1", status=500)
+        await fetch(sidecar.http_port, "GET", f"{APP}/slow?delay=1", status=500)  # refused
+        assert len(echo_app.seen) == 2
+        exposition = await scrape(sidecar)
+        assert exposition.family("dapr_resiliency_count") == {
+            resiliency_series("timeout", name="guard"): 3,
+            resiliency_series("circuitbreaker", "closed", "guard"): 2,
+            resiliency_series("circuitbreaker", "open", "guard"): 1,
+        }
+        assert exposition.family("dapr_resiliency_activations_total") == {
+            resiliency_series("timeout", name="guard"): 2,
+            resiliency_series("circuitbreaker", "open", "guard"): 1,
+        }
+        assert exposition.family("dapr_resiliency_cb_state") == {
+            resiliency_series("circuitbreaker", status, "guard"): float(status == "open")
+            for status in ("closed", "half-open", "open", "unknown")
+        }

@@ -6,6 +6,7 @@ import pytest
 
 from fastproxy.observability.dapr_metrics import (
     DEFAULT_LATENCY_BUCKETS_MS,
+    RESILIENCY_LABELS,
     SIZE_BUCKETS,
     DaprMetrics,
     PathLabeler,
@@ -214,6 +215,10 @@ EXPECTED_METRICS = {
     "fastproxy_sidecar_time_ms": ("histogram", ("app_id",)),
     "fastproxy_retries_total": ("counter", ("app_id", "dst_app_id")),
     "fastproxy_acl_denied_total": ("counter", ("app_id", "src_app_id")),
+    "dapr_resiliency_loaded": ("counter", ("app_id", "name", "namespace")),
+    "dapr_resiliency_count": ("counter", RESILIENCY_LABELS),
+    "dapr_resiliency_activations_total": ("counter", RESILIENCY_LABELS),
+    "dapr_resiliency_cb_state": ("gauge", RESILIENCY_LABELS),
     "fastproxy_metrics_series_overflow_total": ("counter", ()),
 }
 
@@ -227,6 +232,9 @@ def record_everything(metrics: DaprMetrics) -> None:
     metrics.record_inbound("app0", 200)
     metrics.record_retry("app2")
     metrics.record_acl_denied("intruder")
+    metrics.record_policy_loaded("myresiliency", "")
+    metrics.policy_executed("app2", True, True, "closed")
+    metrics.policy_activated("app2", "retry")
 
 
 def test_every_metric_has_daprs_name_type_and_label_names() -> None:
@@ -612,3 +620,89 @@ def test_repr() -> None:
     assert repr(PathLabeler(path_matching=("/a",))) == (
         "<PathLabeler increased_cardinality=True patterns=2 cached=0>"
     )
+
+
+# -- resiliency --------------------------------------------------------------------------------
+
+
+def policy(name: str, policy: str, target: str, status: str = "", namespace: str = "") -> Labels:
+    return L(
+        app_id="app1",
+        name=name,
+        policy=policy,
+        namespace=namespace,
+        flow_direction="outbound",
+        target=target,
+        status=status,
+    )
+
+
+def test_resiliency_series_are_labelled_with_the_last_resource_loaded() -> None:
+    metrics = DaprMetrics("app1")
+    metrics.record_policy_loaded("first", "")
+    metrics.record_policy_loaded("second", "prod")
+    for _ in range(3):
+        metrics.policy_executed("app2", True, True, "closed")
+    metrics.policy_executed("app3", False, True, "")
+    metrics.policy_activated("app2", "retry")
+    metrics.policy_activated("app2", "retry")
+    metrics.policy_activated("app2", "timeout")
+    metrics.policy_activated("app2", "circuitbreaker", "open")
+    found = samples(metrics)
+
+    assert only(found, "dapr_resiliency_loaded") == {
+        L(app_id="app1", name="first", namespace=""): 1,
+        L(app_id="app1", name="second", namespace="prod"): 1,
+    }
+    assert only(found, "dapr_resiliency_count") == {
+        policy("second", "timeout", "app_app2", namespace="prod"): 3,
+        policy("second", "retry", "app_app2", namespace="prod"): 3,
+        policy("second", "circuitbreaker", "app_app2", "closed", "prod"): 3,
+        policy("second", "retry", "app_app3", namespace="prod"): 1,
+    }
+    assert only(found, "dapr_resiliency_activations_total") == {
+        policy("second", "retry", "app_app2", namespace="prod"): 2,
+        policy("second", "timeout", "app_app2", namespace="prod"): 1,
+        policy("second", "circuitbreaker", "app_app2", "open", "prod"): 1,
+    }
+
+
+def test_the_breaker_state_gauge_marks_the_state_last_seen_per_target() -> None:
+    metrics = DaprMetrics("app1")
+    metrics.record_policy_loaded("res", "")
+    metrics.policy_executed("app2", False, False, "closed")
+    metrics.policy_executed("app2", False, False, "open")
+    metrics.policy_executed("app3", False, False, "half-open")
+    metrics.policy_executed("app4", False, True, "")  # no breaker: no gauge
+
+    gauge = only(samples(metrics), "dapr_resiliency_cb_state")
+    expected = {}
+    for target, seen in (("app_app2", "open"), ("app_app3", "half-open")):
+        for status in ("closed", "half-open", "open", "unknown"):
+            expected[policy("res", "circuitbreaker", target, status)] = float(status == seen)
+    assert gauge == expected
+
+
+def test_the_breaker_state_gauge_is_bounded_by_the_series_bound() -> None:
+    metrics = DaprMetrics("app1", max_series=3)
+    for index in range(10):
+        metrics.policy_executed(f"app{index}", False, False, "closed")
+    targets = {
+        dict(labels)["target"] for labels in only(samples(metrics), "dapr_resiliency_cb_state")
+    }
+    assert targets == {"app_app0", "app_app1", "app_app2"}
+
+
+def test_nothing_is_recorded_while_metrics_are_disabled() -> None:
+    metrics = DaprMetrics("app1", enabled=False)
+    metrics.record_policy_loaded("res", "")
+    metrics.policy_executed("app2", True, True, "closed")
+    metrics.policy_activated("app2", "retry")
+    found = samples(metrics)
+    for name in (
+        "dapr_resiliency_loaded",
+        "dapr_resiliency_count",
+        "dapr_resiliency_activations_total",
+        "dapr_resiliency_cb_state",
+    ):
+        assert only(found, name) == {}, name
