@@ -129,6 +129,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "_observer",
         "_parser",
         "_pending",
+        "_spare_obs",
         "_special_kinds",
         "_token",
         "_traceparent",
@@ -152,6 +153,8 @@ class DownstreamProtocol(asyncio.Protocol):
         # Observability is decided once per connection: None when all of it is off.
         self._observer: Observer | None = ctx.observer
         self._obs: Observation | None = None
+        # The last finished request's observation, reused by the next one.
+        self._spare_obs: Observation | None = None
         self._traceparent: bytes | None = None
         self._tracestate: bytes | None = None
         self._client_address = ""
@@ -521,8 +524,14 @@ class DownstreamProtocol(asyncio.Protocol):
         observer = self._observer
         if observer is not None:
             obs = observer.begin(
-                method, path, self._traceparent, self._tracestate, self._delivered is not None
+                method,
+                path,
+                self._traceparent,
+                self._tracestate,
+                self._delivered is not None,
+                self._spare_obs,
             )
+            self._spare_obs = None
             self._obs = obs
             obs.client = self._client_address
             if self._delivered is not None:
@@ -659,6 +668,10 @@ class DownstreamProtocol(asyncio.Protocol):
         obs = exchange.obs
         if obs is not None and self._observer is not None:
             self._observer.finish(obs)
+            # Nothing else reads it past here (the upstream connection's reference is
+            # replaced before it is used again): the connection's next request reuses it.
+            exchange.obs = None
+            self._spare_obs = obs
         pending = self._pending
         if not exchange.keep_alive or (not pending and (self._closing or self._ctx.draining)):
             # (A refusal queued behind this exchange is still sent before closing.)

@@ -55,6 +55,12 @@ class Observation:
     def __init__(
         self, method: bytes, path: bytes, delivered: bool, server_timing: bool, timed: bool = True
     ) -> None:
+        self.reset(method, path, delivered, server_timing, timed)
+
+    def reset(
+        self, method: bytes, path: bytes, delivered: bool, server_timing: bool, timed: bool = True
+    ) -> None:
+        """Start over for a new request: a connection reuses its last finished observation."""
         # Untimed (trace propagation alone: no metrics, log, Server-Timing or span wants
         # a duration), no clock is read at all; the instants stay 0.
         self.timed = timed

@@ -105,13 +105,16 @@ class Observer:
         traceparent: bytes | None,
         tracestate: bytes | None,
         delivered: bool,
+        spare: Observation | None = None,
     ) -> Observation:
-        """A request's head was read: its clocks start, its trace context is decided."""
+        """A request's head was read: its clocks start, its trace context is decided.
+
+        `spare`, an observation its connection is done with, is reused rather than a
+        new one made: fewer allocations, and less code run per request.
+        """
         sampler = self._sampler
         if sampler is None:
-            return Observation(
-                method, path, delivered, self._server_timing, self._times_every_request
-            )
+            return self._observation(method, path, delivered, self._times_every_request, spare)
         # Health checks are never traced, as in daprd.
         parsed = parse_traceparent(traceparent) if traceparent else None
         parent_id = kept_tracestate = b""
@@ -127,12 +130,8 @@ class Observer:
             line = traceparent_line(trace_id, self._ids.new_span(), sampled)
             if tracestate and valid_tracestate(tracestate):
                 kept_tracestate = tracestate
-        obs = Observation(
-            method,
-            path,
-            delivered,
-            self._server_timing,
-            self._times_every_request or (sampled and self._exports),
+        obs = self._observation(
+            method, path, delivered, self._times_every_request or (sampled and self._exports), spare
         )
         obs.traceparent = line
         obs.sampled = sampled
@@ -143,6 +142,14 @@ class Observer:
         else:
             obs.app_lines = line
         return obs
+
+    def _observation(
+        self, method: bytes, path: bytes, delivered: bool, timed: bool, spare: Observation | None
+    ) -> Observation:
+        if spare is None:
+            return Observation(method, path, delivered, self._server_timing, timed)
+        spare.reset(method, path, delivered, self._server_timing, timed)
+        return spare
 
     def finish(self, obs: Observation) -> None:
         """The response is over: metrics, the span if sampled, the access log line."""

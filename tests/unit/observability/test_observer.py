@@ -119,3 +119,31 @@ def test_the_access_log_times_every_request() -> None:
     assert record["status"] == 200
     assert record["total_ms"] >= record["upstream_ms"] >= 0.0
     assert record["trace_id"] == obs.trace_id.decode()
+
+
+def test_a_spare_observation_starts_over_for_the_next_request() -> None:
+    metrics = DaprMetrics("app1")
+    observer = Observer("app1", Sampler(0.0), metrics)
+    first = observer.begin(b"POST", PATH, SAMPLED_PARENT, b"k=v", False)
+    answered(first)
+    first.bytes_in, first.bytes_out, first.retries = 10, 20, 2
+    observer.finish(first)
+    first_trace = first.trace_id
+
+    second = observer.begin(b"GET", b"/v1.0/healthz", None, None, False, first)
+
+    assert second is first
+    assert (second.method, second.path, second.status, second.upstream) == (
+        b"GET",
+        b"/v1.0/healthz",
+        0,
+        None,
+    )
+    assert (second.bytes_in, second.bytes_out, second.retries) == (0, 0, 0)
+    assert (second.target, second.app_path, second.remote) == ("", b"", False)
+    assert (second.sent_at, second.head_at) == (0.0, 0.0)
+    # A new root trace: nothing of the first request's context is left.
+    assert (second.parent_id, second.tracestate, second.sampled) == (b"", b"", False)
+    assert second.app_lines == second.traceparent
+    assert first_trace == SAMPLED_PARENT[3:35]
+    assert second.trace_id != first_trace
