@@ -79,6 +79,7 @@ RESILIENCY_LABELS: Final = (
 )
 OUTBOUND: Final = "outbound"
 BREAKER_STATUSES: Final = ("closed", "half-open", "open", "unknown")
+_BREAKER: Final = "circuitbreaker"
 
 
 def method_label(method: str, exclude_verbs: bool) -> str:
@@ -284,6 +285,17 @@ class _RemoteCall:
         self.latency = latency
 
 
+class _PolicySeries:
+    """One target's resiliency series, by policy (a breaker's by state), found on first use."""
+
+    __slots__ = ("activated", "executed", "target")
+
+    def __init__(self, target: str) -> None:
+        self.target = "app_" + target  # as daprd names a service invocation target
+        self.executed: dict[str, CounterChild] = {}
+        self.activated: dict[str, CounterChild] = {}
+
+
 class _Inbound:
     __slots__ = ("received", "sent")
 
@@ -310,6 +322,7 @@ class DaprMetrics:
         "_last_path",
         "_last_series",
         "_last_status",
+        "_policy_cache",
         "_remote_cache",
         "_req_recv",
         "_req_sent",
@@ -478,6 +491,7 @@ class DaprMetrics:
         self._resiliency_namespace = ""
         # The state each target's breaker was last seen in, bounded like a metric's series.
         self._breaker_seen: dict[str, str] = {}
+        self._policy_cache: dict[str, _PolicySeries] = {}
         registry.register(
             CounterFunc(
                 "fastproxy_metrics_series_overflow_total",
@@ -500,7 +514,7 @@ class DaprMetrics:
         self._inbound_cache: dict[tuple[str, int], _Inbound] = {}
 
     def _breaker_states(self) -> list[tuple[tuple[str, ...], float]]:
-        prefix = (self.app_id, self._resiliency_name, "circuitbreaker", self._resiliency_namespace)
+        prefix = (self.app_id, self._resiliency_name, _BREAKER, self._resiliency_namespace)
         return [
             ((*prefix, OUTBOUND, target, status), 1.0 if status == seen else 0.0)
             for target, seen in self._breaker_seen.items()
@@ -637,38 +651,58 @@ class DaprMetrics:
         """A call to `target` is made under its policies; `breaker` is its breaker's state."""
         if not self.enabled:
             return
-        app_target = "app_" + target
+        series = self._policies_of(target)
+        count = self._resiliency_count
         if timeout:
-            self._policy_series(self._resiliency_count, "timeout", app_target, "").value += 1
+            self._policy_cell(count, series.executed, series.target, "timeout", "").value += 1
         if retry:
-            self._policy_series(self._resiliency_count, "retry", app_target, "").value += 1
+            self._policy_cell(count, series.executed, series.target, "retry", "").value += 1
         if breaker:
-            self._policy_series(
-                self._resiliency_count, "circuitbreaker", app_target, breaker
-            ).value += 1
+            cell = self._policy_cell(count, series.executed, series.target, _BREAKER, breaker)
+            cell.value += 1
             seen = self._breaker_seen
-            if app_target in seen or len(seen) < self._resiliency_count.max_series:
-                seen[app_target] = breaker
+            if series.target in seen or len(seen) < count.max_series:
+                seen[series.target] = breaker
 
     def policy_activated(self, target: str, policy: str, status: str = "") -> None:
         """A policy acted on a call to `target` (for a breaker: the state it changed to)."""
         if self.enabled:
-            self._policy_series(
-                self._resiliency_activations, policy, "app_" + target, status
-            ).value += 1
+            series = self._policies_of(target)
+            cell = self._policy_cell(
+                self._resiliency_activations, series.activated, series.target, policy, status
+            )
+            cell.value += 1
 
-    def _policy_series(
-        self, counter: Counter, policy: str, target: str, status: str
+    def _policies_of(self, target: str) -> _PolicySeries:
+        series = self._policy_cache.get(target)
+        if series is None:
+            if len(self._policy_cache) >= CACHE_SIZE:
+                self._policy_cache.clear()
+            series = self._policy_cache[target] = _PolicySeries(target)
+        return series
+
+    def _policy_cell(
+        self,
+        counter: Counter,
+        cells: dict[str, CounterChild],
+        target: str,
+        policy: str,
+        status: str,
     ) -> CounterChild:
-        return counter.labels(
-            self.app_id,
-            self._resiliency_name,
-            policy,
-            self._resiliency_namespace,
-            OUTBOUND,
-            target,
-            status,
-        )
+        """The series of `policy` on `target`: looked up once, then held in `cells`."""
+        key = status or policy  # a breaker's series differ by state; states are not policies
+        cell = cells.get(key)
+        if cell is None:
+            cell = cells[key] = counter.labels(
+                self.app_id,
+                self._resiliency_name,
+                policy,
+                self._resiliency_namespace,
+                OUTBOUND,
+                target,
+                status,
+            )
+        return cell
 
     # -- look-up misses --------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fastproxy.observability.dapr_metrics import (
+    CACHE_SIZE,
     DEFAULT_LATENCY_BUCKETS_MS,
     RESILIENCY_LABELS,
     SIZE_BUCKETS,
@@ -706,3 +707,19 @@ def test_nothing_is_recorded_while_metrics_are_disabled() -> None:
         "dapr_resiliency_cb_state",
     ):
         assert only(found, name) == {}, name
+
+
+def test_resiliency_counts_stay_exact_across_the_series_cache_being_cleared() -> None:
+    metrics = DaprMetrics("app1", max_series=2 * CACHE_SIZE)
+    metrics.record_policy_loaded("res", "")
+    metrics.policy_executed("app0", False, True, "")
+    metrics.policy_activated("app0", "retry")
+    for index in range(1, CACHE_SIZE + 1):  # one more target than the cache holds
+        metrics.policy_executed(f"app{index}", False, True, "")
+    metrics.policy_executed("app0", False, True, "")
+    metrics.policy_activated("app0", "retry")
+    found = samples(metrics)
+
+    assert found[("dapr_resiliency_count", policy("res", "retry", "app_app0"))] == 2
+    assert found[("dapr_resiliency_activations_total", policy("res", "retry", "app_app0"))] == 2
+    assert len(only(found, "dapr_resiliency_count")) == CACHE_SIZE + 1
