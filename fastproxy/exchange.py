@@ -12,6 +12,7 @@ import asyncio
 from typing import TYPE_CHECKING, Final
 
 from fastproxy.attempts import BREAKER_OPEN, TIMED_OUT, Attempts
+from fastproxy.downstream.reply import RequestHandler
 from fastproxy.errors import ProxyError, invoke_failure
 from fastproxy.upstream.connection import UpstreamConnection
 from fastproxy.upstream.pool import Pool
@@ -19,7 +20,6 @@ from fastproxy.wire import CRLF, LAST_CHUNK
 
 if TYPE_CHECKING:
     from fastproxy.downstream.protocol import DownstreamProtocol
-    from fastproxy.observability.observation import Observation
 
 # Request bytes kept for one replay on a fresh connection when a reused
 # keep-alive connection turns out to have been closed by the upstream, and
@@ -29,7 +29,7 @@ REPLAY_LIMIT: Final = 64 * 1024
 PENDING_HIGH_WATER: Final = 64 * 1024
 
 
-class Exchange:
+class Exchange(RequestHandler):
     """One forwarded request: client body → upstream, upstream response → client."""
 
     # Set from the start for a call to a known upstream; a `RemoteExchange` sets
@@ -56,14 +56,8 @@ class Exchange:
         "client",
         "expect_continue",
         "http10",
-        "is_head",
-        "keep_alive",
-        "obs",
-        "request_done",
         "request_sent",
         "resilient",
-        "response_done",
-        "response_started",
     )
 
     def __init__(
@@ -79,6 +73,7 @@ class Exchange:
         replayable: bool,
         expect_continue: bool,
     ) -> None:
+        super().__init__(keep_alive, is_head)
         self._downstream = downstream
         assert downstream.transport is not None
         self.client: asyncio.Transport = downstream.transport
@@ -93,16 +88,10 @@ class Exchange:
         self._body_received = 0
         self._replay: list[bytes] | None = [head] if replayable else None
         self._retried = False
-        self.keep_alive = keep_alive
-        self.is_head = is_head
         self.http10 = http10
         self.expect_continue = expect_continue
         self.cancelled = False
-        self.obs: Observation | None = None
-        self.request_done = False
         self.request_sent = False
-        self.response_started = False
-        self.response_done = False
         # Resiliency (see `arm`): off unless a policy applies to the target.
         self.resilient = False
         self._attempts: Attempts | None = None

@@ -170,8 +170,7 @@ class Forwarder:
         else:
             pool = self._url_pool(invocation.target)
             extra = b""
-        endpoint = pool.endpoint
-        path = endpoint.base_path + invocation.method if endpoint.base_path else invocation.method
+        path = pool.base_path + invocation.method if pool.base_path else invocation.method
         headers[0] = b"".join((method, b" ", path, query, pool.line_tail))
         headers.append(extra)
         if trace_lines:

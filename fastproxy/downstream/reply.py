@@ -1,6 +1,6 @@
 """What a client connection drives per request, and the replies the sidecar writes itself.
 
-`Exchange` is the interface a request's handler offers the connection;
+`RequestHandler` is what a request's handler offers the connection;
 `LocalReply` is the handler for answers that never leave the sidecar.
 """
 
@@ -15,25 +15,48 @@ if TYPE_CHECKING:
     from fastproxy.observability.observation import Observation
 
 
-class Exchange(Protocol):
-    """What the connection needs from one request's handler."""
+class RequestHandler:
+    """What the connection drives for one request: an `exchange.Exchange` or a `LocalReply`.
 
-    request_done: bool
-    response_done: bool
-    response_started: bool
-    keep_alive: bool
-    is_head: bool
-    # Set by the connection when observability is on (see fastproxy.observability).
-    obs: Observation | None
+    A base class, not a Protocol: compiled, the connection reads these flags and
+    calls these methods directly rather than through attribute look-ups by name.
+    """
 
-    def start(self) -> None: ...
-    def on_body(self, body: bytes) -> None: ...
-    def on_request_complete(self) -> None: ...
-    def cancel(self) -> None: ...
-    def set_client_paused(self, paused: bool) -> None: ...
+    __slots__ = (
+        "is_head",
+        "keep_alive",
+        "obs",
+        "request_done",
+        "response_done",
+        "response_started",
+    )
+
+    def __init__(self, keep_alive: bool, is_head: bool) -> None:
+        self.keep_alive = keep_alive
+        self.is_head = is_head
+        # Set by the connection when observability is on (see fastproxy.observability).
+        self.obs: Observation | None = None
+        self.request_done = False
+        self.response_done = False
+        self.response_started = False
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def on_body(self, body: bytes) -> None:
+        raise NotImplementedError
+
+    def on_request_complete(self) -> None:
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        raise NotImplementedError
+
+    def set_client_paused(self, paused: bool) -> None:
+        raise NotImplementedError
 
 
-class LocalReply:
+class LocalReply(RequestHandler):
     """A response the sidecar writes itself; any request body is read and dropped."""
 
     __slots__ = (
@@ -44,12 +67,6 @@ class LocalReply:
         "_expect_continue",
         "_on_complete",
         "_sink",
-        "is_head",
-        "keep_alive",
-        "obs",
-        "request_done",
-        "response_done",
-        "response_started",
     )
 
     def __init__(
@@ -61,6 +78,7 @@ class LocalReply:
         on_complete: _BodyHandler | None = None,
         expect_continue: bool = False,
     ) -> None:
+        super().__init__(keep_alive, False)
         self._conn = conn
         self._data = data
         self._on_complete = on_complete
@@ -68,12 +86,6 @@ class LocalReply:
         self._discarded = 0
         self._discard_limit = discard_limit
         self._expect_continue = expect_continue
-        self.keep_alive = keep_alive
-        self.is_head = False
-        self.obs: Observation | None = None
-        self.request_done = False
-        self.response_done = False
-        self.response_started = False
 
     def __repr__(self) -> str:
         return f"<LocalReply request_done={self.request_done} response_done={self.response_done}>"

@@ -13,7 +13,7 @@ import contextlib
 import enum
 import socket
 import struct
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpResponseParser
 
@@ -31,6 +31,7 @@ from fastproxy.wire import (
 )
 
 if TYPE_CHECKING:
+    from fastproxy.exchange import Exchange
     from fastproxy.observability.observation import Observation
     from fastproxy.upstream.pool import Pool
 
@@ -105,24 +106,6 @@ ACTIVE: Final = ConnectionState.ACTIVE
 CLOSED: Final = ConnectionState.CLOSED
 
 
-class Client(Protocol):
-    """What a connection needs from the exchange it serves (`exchange.Exchange`)."""
-
-    client: asyncio.Transport
-    is_head: bool
-    http10: bool
-    keep_alive: bool
-    response_started: bool
-    request_sent: bool
-    resilient: bool
-    obs: Observation | None
-
-    def response_finished(self, conn: UpstreamConnection, reusable: bool) -> None: ...
-    def upstream_failed(self, reason: str, got_response_bytes: bool) -> None: ...
-    def upstream_paused(self, paused: bool) -> None: ...
-    def on_status(self, status: int) -> bool: ...
-
-
 class _ExtraResponse(Exception):
     """Bytes after the end of the response: the connection is poisoned."""
 
@@ -164,7 +147,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.state = CONNECTING
-        self.exchange: Client | None = None
+        self.exchange: Exchange | None = None
         self.idle_since = 0.0
         self.requests_served = 0
         # Who answered the TLS handshake, when the upstream is another sidecar under mTLS.
@@ -251,7 +234,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._complete:
             self._finish(exchange)
 
-    def _flush(self, exchange: Client) -> None:
+    def _flush(self, exchange: Exchange) -> None:
         out = self._out
         if out:
             client = exchange.client
@@ -380,7 +363,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._keep_alive = self._parser.should_keep_alive()
             raise _HeadResponseDone
 
-    def _drop_response(self, exchange: Client, status: int) -> None:
+    def _drop_response(self, exchange: Exchange, status: int) -> None:
         """A failure the exchange will retry: read it to its end, send none of it."""
         self._unusual = True
         self._discard = True
@@ -417,7 +400,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- lifecycle --------------------------------------------------------
 
-    def attach(self, exchange: Client, head: bytes | None = None) -> None:
+    def attach(self, exchange: Exchange, head: bytes | None = None) -> None:
         """Serve `exchange` next; `head` (its request head) is written at once."""
         self.exchange = exchange
         self.state = ACTIVE
@@ -427,7 +410,7 @@ class UpstreamConnection(asyncio.Protocol):
         if head is not None and self.transport is not None:
             self.transport.write(head)
 
-    def _finish(self, exchange: Client) -> None:
+    def _finish(self, exchange: Exchange) -> None:
         self.requests_served += 1
         if self._client_close:
             exchange.keep_alive = False

@@ -42,6 +42,7 @@ class Pool:
         "_loop",
         "_waiters",
         "address",
+        "base_path",
         "closed",
         "endpoint",
         "host",
@@ -70,7 +71,9 @@ class Pool:
         self.port = endpoint.port
         self.address = f"[{host}]:{endpoint.port}" if ":" in host else f"{host}:{endpoint.port}"
         self.host_header = endpoint.host_header
-        # What follows the request target in every head this pool sends.
+        # What the request target starts with (an HTTPEndpoint's path), and what
+        # follows it in every head this pool sends.
+        self.base_path = endpoint.base_path
         self.line_tail = b" HTTP/1.1\r\n" + endpoint.host_header
         self._clock = clock
         self._loop = loop or asyncio.get_running_loop()
