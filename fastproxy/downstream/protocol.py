@@ -88,6 +88,9 @@ HEAD_SLACK: Final = 256 * 1024
 CHUNK_FRAMING_SLACK: Final = 256 * 1024
 # How long a refused client may keep sending before its connection is cut.
 LINGER_SECONDS: Final = 2.0
+# The status a request is recorded with (metrics, access log, span) when its connection
+# was lost before any of its answer was sent: nginx's "client closed request".
+CONNECTION_LOST_STATUS: Final = 499
 
 
 class DownstreamProtocol(asyncio.Protocol):
@@ -248,12 +251,32 @@ class DownstreamProtocol(asyncio.Protocol):
         self._closing = True
         active = self._active
         self._active = None
-        if active is not None and not active.response_done:
-            active.cancel()
+        if active is not None:
+            if not active.response_done:
+                active.cancel()
+            self._record_lost(active)
         current = self._current
         if current is not None and current is not active and not current.request_done:
             current.cancel()
+        for waiting in self._pending:
+            self._record_lost(waiting)
         self._pending.clear()
+
+    def _record_lost(self, exchange: RequestHandler) -> None:
+        """A request whose connection ended before it finished still counts, once.
+
+        An exchange holds its observation until `response_finished` records it; here
+        the request is recorded with the status its answer had, or
+        CONNECTION_LOST_STATUS when none of the answer was sent.
+        """
+        obs = exchange.obs
+        if obs is None or self._observer is None:
+            return
+        exchange.obs = None
+        if not exchange.response_started:
+            obs.status = CONNECTION_LOST_STATUS
+            obs.unanswered()
+        self._observer.finish(obs)
 
     def data_received(self, data: bytes) -> None:
         if self._ignore_input:
@@ -725,22 +748,36 @@ class DownstreamProtocol(asyncio.Protocol):
         self._ctx.record_error_code(error.error_code)
         self._stop_reading()
         current = self._current
+        # A request refused mid-body is recorded with the refusal: its observation
+        # moves to the answer that replaces it.
+        obs: Observation | None = None
         if current is not None and not current.request_done:
             current.cancel()
             if current is self._active:
                 self._active = None
                 if current.response_started:
+                    self._record_lost(current)
                     self.abort()
                     return
             else:
                 self._pending.pop()
-        data = error_response(self._ctx.clock, error, False)
+            obs = current.obs
+            current.obs = None
+            if obs is not None:
+                obs.unanswered()
+        data = error_response(
+            self._ctx.clock,
+            error,
+            False,
+            extra_headers=b"" if obs is None else obs.error_head(error.status),
+        )
         observer = self._observer
         if self._in_head and observer is not None and observer.logs_access:
             # Refused before its head was whole: no route, no metrics, but a log line.
             observer.rejected(error.status, body_size(data), self._client_address)
         reply = LocalReply(self, data, False, 0)
         reply.request_done = True
+        reply.obs = obs
         self._enqueue(reply)
 
     def _stop_reading(self) -> None:

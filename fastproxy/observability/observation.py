@@ -128,6 +128,11 @@ class Observation:
         if self.sent_at == 0.0 and self.timed:
             self.sent_at = _perf_counter()
 
+    def unanswered(self) -> None:
+        """No answer came from the app (the request was refused mid-body, or its client
+        left first): whatever reached the app is no round trip to count."""
+        self.sent_at = 0.0
+
     def response_head(self, status: int, upstream: Pool, app_traceparent: bool) -> bytes:
         """The upstream's response head arrived: the lines the client's copy gains."""
         self.status = status

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -428,6 +430,65 @@ async def test_requests_refused_while_reading_the_head_are_logged_without_a_rout
         assert [f["bytes_out"] for f in lines[:2]] == [len(malformed[0].body), len(huge[0].body)]
         assert all(f["client"].startswith("127.0.0.1:") for f in lines)
         assert all(f["trace_id"] == "" and f["upstream"] == "" for f in lines[:2])
+
+
+# -- requests that never finished the ordinary way --------------------------------------------
+
+
+async def reset_after(port: int, data: bytes, wait_s: float) -> None:
+    """Send `data`, wait, then close with a reset: the client is gone, at once."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    await asyncio.sleep(wait_s)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.close()
+
+
+async def test_a_request_whose_client_left_first_is_logged_as_499(logged: Logged) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT):
+        sidecar = await logged.start("json")
+        port = sidecar.http_port
+        # The app holds its answer for a second; the client resets after a fifth of one.
+        slow = f"GET {APP}/slow?delay=1 HTTP/1.1\r\nHost: a\r\n\r\n".encode()
+        await reset_after(port, slow, 0.2)
+        ok = await fetch(port, "GET", f"{APP}/fine")
+        assert ok.status == 200
+        await asyncio.sleep(1.2)  # the app's late answer has no one to go to
+        lines = await logged.lines(sidecar, "json")
+
+        assert [(f["method"], f["path"], f["app_id"], f["status"]) for f in lines] == [
+            ("GET", f"{APP}/slow", "app", 499),
+            ("GET", f"{APP}/fine", "app", 200),
+        ]
+        lost = lines[0]
+        assert lost["bytes_out"] == 0
+        assert 150 <= float(lost["total_ms"]) < 1000, lost
+        assert float(lost["upstream_ms"]) == 0.0  # no answer came from the app
+
+
+async def test_a_request_refused_mid_body_is_logged_with_its_refusal(logged: Logged) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT):
+        sidecar = await logged.start("json", {"tracing": {"samplingRate": "0"}}, max_body_size=1000)
+        port = sidecar.http_port
+        head = (
+            f"POST {APP}/upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        chunk = b"258\r\n" + b"x" * 600 + b"\r\n"
+        [refused] = parse_responses(await raw_exchange(port, head + chunk + chunk + b"0\r\n\r\n"))
+        assert refused.status == 413
+        lines = await logged.lines(sidecar, "json")
+
+        [fields] = lines
+        assert (fields["method"], fields["path"], fields["status"]) == (
+            "POST",
+            f"{APP}/upload",
+            413,
+        )
+        assert fields["bytes_out"] == len(refused.body)
+        # The refusal is the request's answer: it carries the request's trace.
+        assert fields["trace_id"] == traceparent_trace(refused)
 
 
 # -- as a process ------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -128,6 +130,43 @@ async def test_a_known_mix_is_counted_exactly_with_daprs_labels(
         # The scrape itself is not a request to the sidecar's API.
         again = await scrape(sidecar, "/")
         assert again.family("dapr_http_server_request_count") == server
+
+
+async def test_requests_that_never_finished_the_ordinary_way_are_counted_once(
+    make_sidecar: SidecarFactory, echo_app: EchoApp, tmp_path: Path
+) -> None:
+    async with asyncio.timeout(TEST_TIMEOUT):
+        sidecar = await observed_sidecar(
+            make_sidecar, tmp_path, app_port=echo_app.port, max_body_size=1000
+        )
+        port = sidecar.http_port
+        # A client that resets while the app holds its answer (for a second).
+        _, writer = await asyncio.open_connection(HOST, port)
+        writer.write(get(f"{APP}/slow?delay=1"))
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
+        writer.close()
+        # A chunked body that outgrows --max-body-size is refused mid-body.
+        head = f"POST {APP}/upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        chunk = b"258\r\n" + b"x" * 600 + b"\r\n"
+        raw = await raw_exchange(port, head.encode() + chunk + chunk + b"0\r\n\r\n")
+        assert [r.status for r in parse_responses(raw)] == [413]
+        await asyncio.sleep(1.2)  # the app's late answer to the reset client goes nowhere
+
+        exposition = await scrape(sidecar)
+        server = {
+            L(app_id="app", method="GET", path=f"{APP}/slow", status="499"): 1,
+            L(app_id="app", method="POST", path=f"{APP}/upload", status="413"): 1,
+        }
+        assert exposition.family("dapr_http_server_request_count") == server
+        for labels, count in server.items():
+            check_histogram(exposition, "dapr_http_server_latency", labels, count)
+        # Neither got an answer from the app: no round trip to it is counted.
+        assert exposition.family("dapr_http_client_completed_count") == {}
+        check_histogram(exposition, "fastproxy_sidecar_time_ms", L(app_id="app"), 2)
 
 
 async def test_latency_buckets_come_from_the_configuration(
