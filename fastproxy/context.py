@@ -185,12 +185,12 @@ class SidecarContext:
         if self.observability.metrics is not None:
             self.observability.metrics.record_error_code(error_code)
 
-    def _breaker_changed(self, name: str, old: BreakerState, new: BreakerState) -> None:
+    def _breaker_changed(
+        self, target: str, name: str, old: BreakerState, new: BreakerState
+    ) -> None:
         log.warning("circuit breaker %s: %s -> %s", name, old.name.lower(), new.name.lower())
         self.breaker_states[name] = new
         if self.observability.metrics is not None:
-            # A breaker is named "<target>:<method>" (see Forwarder).
-            target = name.partition(":")[0]
             self.observability.metrics.policy_activated(target, "circuitbreaker", new.value)
 
     def reload_certificates(self) -> tuple[int, str] | None:

@@ -36,7 +36,8 @@ class BreakerState(enum.Enum):
     HALF_OPEN = "half-open"
 
 
-OnChange = Callable[[str, BreakerState, BreakerState], None]
+OnChange = Callable[[str, str, BreakerState, BreakerState], None]
+"""Told of each state change: (the target app, the breaker's name, old state, new state)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,7 @@ class CircuitBreaker:
         "_state",
         "name",
         "spec",
+        "target",
     )
 
     def __init__(
@@ -119,8 +121,10 @@ class CircuitBreaker:
         spec: BreakerSpec,
         clock: Callable[[], float],
         on_change: OnChange | None = None,
+        target: str = "",
     ) -> None:
         self.name = name
+        self.target = target  # the app whose calls it guards
         self.spec = spec
         self._clock = clock
         self._on_change = on_change
@@ -203,7 +207,7 @@ class CircuitBreaker:
         self._state = state
         self._new_generation(now)
         if self._on_change is not None:
-            self._on_change(self.name, previous, state)
+            self._on_change(self.target, self.name, previous, state)
 
     def _new_generation(self, now: float) -> None:
         self._generation += 1
@@ -222,7 +226,7 @@ class BreakerSet:
     A dropped breaker's state is forgotten, as when Dapr's LRU evicts it.
     """
 
-    __slots__ = ("_breakers", "_clock", "_on_change", "size", "spec")
+    __slots__ = ("_breakers", "_clock", "_on_change", "size", "spec", "target")
 
     def __init__(
         self,
@@ -230,11 +234,13 @@ class BreakerSet:
         clock: Callable[[], float],
         on_change: OnChange | None = None,
         size: int = DEFAULT_CACHE_SIZE,
+        target: str = "",
     ) -> None:
         if size < 1:
             raise ValueError(f"a BreakerSet holds at least one breaker, not {size}")
         self.spec = spec
         self.size = size
+        self.target = target
         self._clock = clock
         self._on_change = on_change
         self._breakers: OrderedDict[str, CircuitBreaker] = OrderedDict()
@@ -254,7 +260,7 @@ class BreakerSet:
         if breaker is not None:
             self._breakers.move_to_end(key)
             return breaker
-        breaker = CircuitBreaker(key, self.spec, self._clock, self._on_change)
+        breaker = CircuitBreaker(key, self.spec, self._clock, self._on_change, self.target)
         self._breakers[key] = breaker
         if len(self._breakers) > self.size:
             self._breakers.popitem(last=False)

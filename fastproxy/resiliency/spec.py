@@ -145,7 +145,9 @@ class Resiliency:
             breakers = self._named_sets.get(target)
             if breakers is None:
                 size = self._cache_sizes.get(target, DEFAULT_CACHE_SIZE)
-                breakers = BreakerSet(named.breaker, self._clock, self._on_breaker_change, size)
+                breakers = BreakerSet(
+                    named.breaker, self._clock, self._on_breaker_change, size, target
+                )
                 self._named_sets[target] = breakers
             return breakers
         if self._default is None or self._default.breaker is None:
@@ -154,7 +156,9 @@ class Resiliency:
         if breakers is not None:
             self._default_sets.move_to_end(target)
             return breakers
-        breakers = BreakerSet(self._default.breaker, self._clock, self._on_breaker_change)
+        breakers = BreakerSet(
+            self._default.breaker, self._clock, self._on_breaker_change, target=target
+        )
         self._default_sets[target] = breakers
         if len(self._default_sets) > MAX_DEFAULT_TARGETS:
             self._default_sets.popitem(last=False)

@@ -36,9 +36,11 @@ def spec(
 class Recorder:
     def __init__(self) -> None:
         self.changes: list[Change] = []
+        self.targets: list[str] = []
 
-    def __call__(self, name: str, old: BreakerState, new: BreakerState) -> None:
+    def __call__(self, target: str, name: str, old: BreakerState, new: BreakerState) -> None:
         self.changes.append((name, old, new))
+        self.targets.append(target)
 
 
 def make(breaker_spec: BreakerSpec) -> tuple[CircuitBreaker, FakeClock, Recorder]:
@@ -324,7 +326,7 @@ def test_trip_expression_reads_counts_including_the_failure() -> None:
 def test_breaker_set_gives_one_breaker_per_key() -> None:
     clock = FakeClock()
     recorder = Recorder()
-    breakers = BreakerSet(spec("true"), clock, recorder, size=10)
+    breakers = BreakerSet(spec("true"), clock, recorder, size=10, target="app")
     first = breakers.get("app:a")
     assert breakers.get("app:a") is first
     assert breakers.get("app:b") is not first
@@ -335,6 +337,9 @@ def test_breaker_set_gives_one_breaker_per_key() -> None:
     assert breakers.get("app:a").state is OPEN
     assert breakers.get("app:b").state is CLOSED
     assert recorder.changes == [("app:a", CLOSED, OPEN)]
+    # The change names the set's target as given, never as parsed from a key.
+    assert recorder.targets == ["app"]
+    assert first.target == "app"
 
 
 def test_breaker_set_evicts_least_recently_used() -> None:

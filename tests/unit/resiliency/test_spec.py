@@ -470,13 +470,16 @@ def test_default_breaker_sets_are_bounded_but_named_ones_are_kept(
 
 def test_breakers_run_on_the_injected_clock_and_report_changes() -> None:
     clock = FakeClock()
-    changes: list[tuple[str, BreakerState, BreakerState]] = []
+    changes: list[tuple[str, str, BreakerState, BreakerState]] = []
     document = doc(
         breakers={"cb": {"trip": "consecutiveFailures > 0", "timeout": "10s"}},
         apps={"orders": {"circuitBreaker": "cb"}},
     )
     resiliency = load_resiliency(
-        [document], APP_ID, clock, lambda name, old, new: changes.append((name, old, new))
+        [document],
+        APP_ID,
+        clock,
+        lambda target, name, old, new: changes.append((target, name, old, new)),
     )
     breakers = resiliency.breakers("orders")
     assert breakers is not None
@@ -487,8 +490,8 @@ def test_breakers_run_on_the_injected_clock_and_report_changes() -> None:
     clock.advance(10)
     assert breaker.state is BreakerState.HALF_OPEN
     assert changes == [
-        ("orders:checkout", BreakerState.CLOSED, BreakerState.OPEN),
-        ("orders:checkout", BreakerState.OPEN, BreakerState.HALF_OPEN),
+        ("orders", "orders:checkout", BreakerState.CLOSED, BreakerState.OPEN),
+        ("orders", "orders:checkout", BreakerState.OPEN, BreakerState.HALF_OPEN),
     ]
 
 
