@@ -478,6 +478,11 @@ async def test_a_request_refused_mid_body_is_logged_with_its_refusal(logged: Log
         chunk = b"258\r\n" + b"x" * 600 + b"\r\n"
         [refused] = parse_responses(await raw_exchange(port, head + chunk + chunk + b"0\r\n\r\n"))
         assert refused.status == 413
+        # A Dapr error body, closing the connection, with the request's trace context.
+        error = json.loads(refused.body)
+        assert error["errorCode"] == "ERR_BODY_TOO_LARGE", error
+        assert "--max-body-size of 1000 bytes" in error["message"], error
+        assert refused.header("connection") == "close", refused
         lines = await logged.lines(sidecar, "json")
 
         [fields] = lines
