@@ -16,7 +16,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from fastproxy import build
 from fastproxy.config import Config, Resources, load_resources
@@ -246,7 +246,7 @@ def _ports(servers: list[asyncio.base_events.Server]) -> list[int]:
 
 
 async def _listen(
-    factory: Callable[[], asyncio.Protocol],
+    factory: Callable[[], object],
     addresses: tuple[str, ...],
     port: int,
     tls: ssl.SSLContext | None = None,
@@ -258,7 +258,12 @@ async def _listen(
     for address in addresses:
         try:
             server = await loop.create_server(
-                factory, host=address, port=port, reuse_address=True, backlog=4096, ssl=tls
+                cast("Callable[[], asyncio.Protocol]", factory),
+                host=address,
+                port=port,
+                reuse_address=True,
+                backlog=4096,
+                ssl=tls,
             )
         except OSError as exc:
             if _is_unavailable_address(address, exc):

@@ -93,7 +93,14 @@ LINGER_SECONDS: Final = 2.0
 CONNECTION_LOST_STATUS: Final = 499
 
 
-class DownstreamProtocol(asyncio.Protocol):
+class DownstreamProtocol:
+    """One client connection: parses its requests, routes them, relays their answers.
+
+    The event loop calls it as an `asyncio.Protocol` (every callback is defined
+    here) but it does not derive from one: compiled, a class with a Python base
+    gets no always-set fields, and every field read would pay a check.
+    """
+
     __slots__ = (
         "_acl",
         "_active",
@@ -176,7 +183,6 @@ class DownstreamProtocol(asyncio.Protocol):
         # Held here, typed: compiled, calls on them skip two look-ups by name.
         self._forwarder: Forwarder = ctx.forwarder
         self._router: Router = ctx.router
-        self._parser = HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self._gate: ReadGate | None = None
         self._active: RequestHandler | None = None
@@ -195,7 +201,22 @@ class DownstreamProtocol(asyncio.Protocol):
         self._write_buffered = 0
         self._last_activity = ctx.clock.now
         self._write_paused_since: float | None = None
-        self._reset_request()
+        # The per-request fields are set here as `_reset_request` sets them, and the
+        # parser (which is handed `self`) is made last: compiled, a field set in
+        # __init__ before `self` reaches any call is known to be always set, and the
+        # request path reads it with no check for a missing value.
+        self._url = b""
+        self._headers: list[bytes] = [b""]
+        self._head_size = 0
+        self._host_count = 0
+        self._content_length: bytes | None = None
+        self._dirty = False
+        self._connection_tokens: list[bytes] | None = None
+        self._expect_continue = False
+        self._app_id_header: bytes | None = None
+        self._api_token: bytes | None = None
+        self._authorization: bytes | None = None
+        self._parser = HttpRequestParser(self)
 
     def __repr__(self) -> str:
         return (
@@ -206,17 +227,17 @@ class DownstreamProtocol(asyncio.Protocol):
     def _reset_request(self) -> None:
         self._url = b""
         # Index 0 is kept free for the request line the forwarder writes.
-        self._headers: list[bytes] = [b""]
+        self._headers = [b""]
         self._head_size = 0
         self._host_count = 0
-        self._content_length: bytes | None = None
+        self._content_length = None
         # The rare fields below are only reset when a request set one of them.
         self._dirty = False
-        self._connection_tokens: list[bytes] | None = None
+        self._connection_tokens = None
         self._expect_continue = False
-        self._app_id_header: bytes | None = None
-        self._api_token: bytes | None = None
-        self._authorization: bytes | None = None
+        self._app_id_header = None
+        self._api_token = None
+        self._authorization = None
 
     # -- asyncio protocol ---------------------------------------------------
 

@@ -477,30 +477,12 @@ class DaprMetrics:
             "after a failure or after a state change.",
             RESILIENCY_LABELS,
         )
-        registry.register(
-            GaugeFunc(
-                "dapr_resiliency_cb_state",
-                "A resiliency policy's current CircuitBreakerState state. 0 is closed, 1 is "
-                "half-open, 2 is open, and -1 is unknown.",
-                RESILIENCY_LABELS,
-                self._breaker_states,
-            )
-        )
         # daprd labels every policy with the last Resiliency resource it loaded.
         self._resiliency_name = ""
         self._resiliency_namespace = ""
         # The state each target's breaker was last seen in, bounded like a metric's series.
         self._breaker_seen: dict[str, str] = {}
         self._policy_cache: dict[str, _PolicySeries] = {}
-        registry.register(
-            CounterFunc(
-                "fastproxy_metrics_series_overflow_total",
-                "Observations recorded in an _other series because a metric reached its "
-                "series bound.",
-                (),
-                self._overflow,
-            )
-        )
         self._server_cache: dict[tuple[bytes, bytes, int], _Exchange] = {}
         # The (method, path, status) of the last request recorded, and its series: a
         # sidecar mostly sees the same request again, and three compares cost less than
@@ -512,6 +494,26 @@ class DaprMetrics:
         self._app_cache: dict[tuple[bytes, bytes, int], _Exchange] = {}
         self._remote_cache: dict[tuple[str, int], _RemoteCall] = {}
         self._inbound_cache: dict[tuple[str, int], _Inbound] = {}
+        # Last, as they hand out `self`: compiled, every field set before is known to
+        # be always set, so the hot path reads them with no check for a missing value.
+        registry.register(
+            GaugeFunc(
+                "dapr_resiliency_cb_state",
+                "A resiliency policy's current CircuitBreakerState state. 0 is closed, 1 is "
+                "half-open, 2 is open, and -1 is unknown.",
+                RESILIENCY_LABELS,
+                self._breaker_states,
+            )
+        )
+        registry.register(
+            CounterFunc(
+                "fastproxy_metrics_series_overflow_total",
+                "Observations recorded in an _other series because a metric reached its "
+                "series bound.",
+                (),
+                self._overflow,
+            )
+        )
 
     def _breaker_states(self) -> list[tuple[tuple[str, ...], float]]:
         prefix = (self.app_id, self._resiliency_name, _BREAKER, self._resiliency_namespace)

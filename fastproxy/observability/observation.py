@@ -55,7 +55,32 @@ class Observation:
     def __init__(
         self, method: bytes, path: bytes, delivered: bool, server_timing: bool, timed: bool = True
     ) -> None:
-        self.reset(method, path, delivered, server_timing, timed)
+        # Each field is set here, not by calling `reset`: compiled, a field set in
+        # __init__ before `self` reaches any call is known to be always set, so the
+        # request path reads it with no check for a missing value.
+        self.timed = timed
+        self.started = _perf_counter() if timed else 0.0
+        self.method = method
+        self.path = path
+        self.delivered = delivered
+        self.server_timing = server_timing
+        self.sent_at = 0.0
+        self.head_at = 0.0
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.retries = 0
+        self.target = ""
+        self.app_path = b""
+        self.remote = False
+        self.caller = ""
+        self.client = ""
+        self.upstream: Pool | None = None
+        self.traceparent = b""
+        self.parent_id = b""
+        self.sampled = False
+        self.tracestate = b""
+        self.app_lines = b""
 
     def reset(
         self, method: bytes, path: bytes, delivered: bool, server_timing: bool, timed: bool = True
@@ -81,7 +106,7 @@ class Observation:
         self.caller = ""
         self.client = ""  # the client's address, only when the access log is on
         # The pool whose connection answered; its address is read only when needed.
-        self.upstream: Pool | None = None
+        self.upstream = None
         # Tracing (see Observer.begin): empty when tracing is off. The span's ids are
         # read from its traceparent header line, which the client's answer gets (unless
         # the call was delivered by another sidecar); the app gets `app_lines`: that

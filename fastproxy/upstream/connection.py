@@ -114,7 +114,12 @@ class _HeadResponseDone(Exception):
     """A response to HEAD ends with its head; the parser cannot be told so."""
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:
+    """One pooled connection to an upstream: writes request heads, relays answers.
+
+    An `asyncio.Protocol` by its callbacks, not by its base (see DownstreamProtocol).
+    """
+
     __slots__ = (
         "_app_traceparent",
         "_client_chunked",
@@ -152,14 +157,28 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests_served = 0
         # Who answered the TLS handshake, when the upstream is another sidecar under mTLS.
         self.peer: SpiffeId | None = None
-        self._parser = HttpResponseParser(self)
         self._out: list[bytes] = []
         self._complete = False
         self._got_bytes = False
         self._head_bytes = 0
         self._keep_alive = False
         self._obs: Observation | None = None
-        self._reset_response()
+        # The per-response fields are set here as `_reset_response` sets them, and the
+        # parser (which is handed `self`) is made last: compiled, a field set in
+        # __init__ before `self` reaches any call is known to be always set, and the
+        # request path reads it with no check for a missing value.
+        self._headers: list[bytes] = [b""]
+        self._content_length: bytes | None = None
+        self._named_drops: list[bytes] | None = None
+        self._upstream_chunked = False
+        self._informational = False
+        self._client_chunked = False
+        self._client_close = False
+        self._eof_framed = False
+        self._discard = False
+        self._unusual = False
+        self._app_traceparent = False
+        self._parser = HttpResponseParser(self)
 
     def __repr__(self) -> str:
         return (
@@ -170,9 +189,9 @@ class UpstreamConnection(asyncio.Protocol):
     def _reset_response(self) -> None:
         # The head list starts with a slot for the status line. The framing
         # flags for the client are all set in on_headers_complete.
-        self._headers: list[bytes] = [b""]
-        self._content_length: bytes | None = None
-        self._named_drops: list[bytes] | None = None
+        self._headers = [b""]
+        self._content_length = None
+        self._named_drops = None
         self._upstream_chunked = False
         self._informational = False
         self._client_chunked = False

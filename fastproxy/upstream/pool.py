@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from fastproxy.upstream.connection import IDLE, UpstreamConnection
 from fastproxy.upstream.endpoint import Endpoint
@@ -167,8 +168,8 @@ class Pool:
         endpoint = self.endpoint
         try:
             async with asyncio.timeout(self.limits.connect_timeout):
-                _, conn = await self._loop.create_connection(
-                    lambda: UpstreamConnection(self),
+                _, protocol = await self._loop.create_connection(
+                    cast("Callable[[], asyncio.Protocol]", lambda: UpstreamConnection(self)),
                     endpoint.host,
                     endpoint.port,
                     ssl=endpoint.tls,
@@ -181,6 +182,7 @@ class Pool:
             self.open_count -= 1
             waiter.connect_failed(_describe_dial_error(endpoint, exc))
             return
+        conn = cast(UpstreamConnection, protocol)
         if self.closed:
             conn.close()
             return
