@@ -260,20 +260,36 @@ class PathLabeler:
 # -- the series one request touches --------------------------------------------------------------
 
 
+class _AppCall:
+    """The app leg's series for one (method, path, status): daprd's HTTP client metrics."""
+
+    __slots__ = ("count", "latency", "sent_bytes")
+
+    def __init__(
+        self, count: CounterChild, latency: HistogramChild, sent_bytes: HistogramChild
+    ) -> None:
+        self.count = count
+        self.latency = latency
+        self.sent_bytes = sent_bytes
+
+
 class _Exchange:
     """The series one (method, path, status) touches: the server's, and the app leg's.
 
     The app leg's are made on its first use: a request that never reached the app
     (an error, a call to another app) leaves no empty client series behind.
+    `responses` is daprd's legacy response count, kept only with increased cardinality.
     """
 
-    __slots__ = ("app_count", "app_latency", "count", "latency")
+    __slots__ = ("app", "count", "latency", "responses")
 
-    def __init__(self, count: CounterChild, latency: HistogramChild) -> None:
+    def __init__(
+        self, count: CounterChild, latency: HistogramChild, responses: CounterChild | None
+    ) -> None:
         self.count = count
         self.latency = latency
-        self.app_count: CounterChild | None = None
-        self.app_latency: HistogramChild | None = None
+        self.responses = responses
+        self.app: _AppCall | None = None
 
 
 class _RemoteCall:
@@ -316,6 +332,8 @@ class DaprMetrics:
         "_breaker_seen",
         "_client_count",
         "_client_latency",
+        "_client_received_bytes",
+        "_client_sent_bytes",
         "_error_codes",
         "_inbound_cache",
         "_last_method",
@@ -340,6 +358,7 @@ class DaprMetrics:
         "_server_cache",
         "_server_count",
         "_server_latency",
+        "_server_responses",
         "_sidecar_time",
         "app_id",
         "enabled",
@@ -387,6 +406,15 @@ class DaprMetrics:
             http,
             latency,
         )
+        # daprd's legacy count of responses, the same count as the latency's; only kept
+        # with the full paths (spec.metric.http.increasedCardinality, on by default).
+        self._server_responses: Counter | None = None
+        if increased_cardinality:
+            self._server_responses = counter(
+                "dapr_http_server_response_count",
+                "Number of HTTP responses the server sent.",
+                http,
+            )
         self._request_bytes = histogram(
             "dapr_http_server_request_bytes",
             "HTTP request body size if set as ContentLength (uncompressed) in server.",
@@ -411,6 +439,19 @@ class DaprMetrics:
             http,
             latency,
         )
+        self._client_sent_bytes = histogram(
+            "dapr_http_client_sent_bytes",
+            "Size of the request bodies sent to the app, headers left out.",
+            http,
+            SIZE_BUCKETS,
+        )
+        self._client_received_bytes = histogram(
+            "dapr_http_client_received_bytes",
+            "Size of the response bodies received from the app, error answers included and "
+            "headers left out.",
+            ("app_id",),
+            SIZE_BUCKETS,
+        ).labels(app_id)
         self._req_sent = counter(
             "dapr_runtime_service_invocation_req_sent_total",
             "The number of requests sent via service invocation.",
@@ -491,7 +532,7 @@ class DaprMetrics:
         self._last_path = b""
         self._last_status = 0
         self._last_series: _Exchange | None = None
-        self._app_cache: dict[tuple[bytes, bytes, int], _Exchange] = {}
+        self._app_cache: dict[tuple[bytes, bytes, int], _AppCall] = {}
         self._remote_cache: dict[tuple[str, int], _RemoteCall] = {}
         self._inbound_cache: dict[tuple[str, int], _Inbound] = {}
         # Last, as they hand out `self`: compiled, every field set before is known to
@@ -572,36 +613,46 @@ class DaprMetrics:
             self._last_path = path
             self._last_status = status
         series.count.value += 1
+        responses = series.responses
+        if responses is not None:
+            responses.value += 1
         series.latency.observe(latency_ms)
         self._request_bytes.observe(request_bytes)
         self._response_bytes.observe(response_bytes)
         self._sidecar_time.observe(sidecar_ms)
         if app_ms >= 0.0:
-            app_count = series.app_count
-            app_latency = series.app_latency
-            if app_count is None or app_latency is None:
-                labels = self._http_labels(method, app_path, status)
-                app_count = series.app_count = self._client_count.labels(*labels)
-                app_latency = series.app_latency = self._client_latency.labels(*labels)
-            app_count.value += 1
-            app_latency.observe(app_ms)
+            # The app was sent the request's body and answered with the response's.
+            app = series.app
+            if app is None:
+                app = series.app = self._app_series(method, app_path, status)
+            app.count.value += 1
+            app.latency.observe(app_ms)
+            app.sent_bytes.observe(request_bytes)
+            self._client_received_bytes.observe(response_bytes)
 
-    def record_app_call(self, method: bytes, path: bytes, status: int, latency_ms: float) -> None:
+    def record_app_call(
+        self,
+        method: bytes,
+        path: bytes,
+        status: int,
+        latency_ms: float,
+        request_bytes: int,
+        response_bytes: int,
+    ) -> None:
         """A round trip to the sidecar's own app outside the HTTP API (a delivered call)."""
         if not self.enabled:
             return
         key = (method, path, status)
-        series = self._app_cache.get(key)
-        if series is None:
-            labels = self._http_labels(method, path, status)
-            series = _Exchange(
-                self._client_count.labels(*labels), self._client_latency.labels(*labels)
-            )
+        app = self._app_cache.get(key)
+        if app is None:
+            app = self._app_series(method, path, status)
             if len(self._app_cache) >= CACHE_SIZE:
                 self._app_cache.clear()
-            self._app_cache[key] = series
-        series.count.value += 1
-        series.latency.observe(latency_ms)
+            self._app_cache[key] = app
+        app.count.value += 1
+        app.latency.observe(latency_ms)
+        app.sent_bytes.observe(request_bytes)
+        self._client_received_bytes.observe(response_bytes)
 
     def record_remote_call(self, dst_app_id: str, status: int, latency_ms: float) -> None:
         """Caller side of service invocation: a request sent to another sidecar, and its answer."""
@@ -718,11 +769,24 @@ class DaprMetrics:
 
     def _server_series(self, key: tuple[bytes, bytes, int]) -> _Exchange:
         labels = self._http_labels(*key)
-        series = _Exchange(self._server_count.labels(*labels), self._server_latency.labels(*labels))
+        responses = self._server_responses
+        series = _Exchange(
+            self._server_count.labels(*labels),
+            self._server_latency.labels(*labels),
+            None if responses is None else responses.labels(*labels),
+        )
         if len(self._server_cache) >= CACHE_SIZE:
             self._server_cache.clear()
         self._server_cache[key] = series
         return series
+
+    def _app_series(self, method: bytes, path: bytes, status: int) -> _AppCall:
+        labels = self._http_labels(method, path, status)
+        return _AppCall(
+            self._client_count.labels(*labels),
+            self._client_latency.labels(*labels),
+            self._client_sent_bytes.labels(*labels),
+        )
 
     def _remote_series(self, key: tuple[str, int]) -> _RemoteCall:
         dst_app_id, status = key

@@ -222,7 +222,9 @@ class Observer:
             # The internal listener: a call another sidecar delivered for our app.
             metrics.record_inbound(obs.caller, status)
             if reached_app:
-                metrics.record_app_call(obs.method, obs.app_path, status, upstream_ms)
+                metrics.record_app_call(
+                    obs.method, obs.app_path, status, upstream_ms, obs.bytes_in, obs.bytes_out
+                )
         else:
             total_ms = total_s * 1000.0
             remote = obs.remote

@@ -111,6 +111,18 @@ async def test_a_known_mix_is_counted_exactly_with_daprs_labels(
         assert exposition.family("dapr_http_client_completed_count") == client
         for labels, count in client.items():
             check_histogram(exposition, "dapr_http_client_roundtrip_latency", labels, count)
+            check_histogram(exposition, "dapr_http_client_sent_bytes", labels, count)
+        # The bodies the app was sent (two of 100 bytes) and answered with.
+        assert exposition.family("dapr_http_client_sent_bytes_sum") == {
+            L(app_id="app", method="GET", path="/orders", status="200"): 0,
+            L(app_id="app", method="POST", path="/pay", status="503"): 200,
+        }
+        check_histogram(exposition, "dapr_http_client_received_bytes", L(app_id="app"), 5)
+        assert exposition.value("dapr_http_client_received_bytes_sum", app_id="app") == sum(
+            len(response.body) for response in responses[:5]
+        )
+        # daprd's legacy response count (increasedCardinality is on by default).
+        assert exposition.family("dapr_http_server_response_count") == server
         # Every request the sidecar answered, by body sizes and its own time.
         app = L(app_id="app")
         check_histogram(exposition, "dapr_http_server_request_bytes", app, 7)
@@ -404,10 +416,19 @@ async def test_service_invocation_is_counted_on_both_sides(
 ) -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
         a, b = await caller_and_callee(make_sidecar, tmp_path, echo_app)
+        answers = []
         for _ in range(3):
-            await fetch(a.http_port, "GET", "/v1.0/invoke/b/method/ok")
+            answers.append(await fetch(a.http_port, "GET", "/v1.0/invoke/b/method/ok"))
         for _ in range(2):
-            await fetch(a.http_port, "POST", "/v1.0/invoke/b/method/no?status=503", status=503)
+            answers.append(
+                await fetch(
+                    a.http_port,
+                    "POST",
+                    "/v1.0/invoke/b/method/no?status=503",
+                    body=b"y" * 50,
+                    status=503,
+                )
+            )
         # An app no instance can be found for is never sent anything.
         for _ in range(2):
             await fetch(a.http_port, "GET", "/v1.0/invoke/zz/method/x", status=500)
@@ -461,6 +482,16 @@ async def test_service_invocation_is_counted_on_both_sides(
         }
         for labels, completed in callee.family("dapr_http_client_completed_count").items():
             check_histogram(callee, "dapr_http_client_roundtrip_latency", labels, int(completed))
+            check_histogram(callee, "dapr_http_client_sent_bytes", labels, int(completed))
+        # The bodies b's app was sent (two of 50 bytes) and answered with.
+        assert callee.family("dapr_http_client_sent_bytes_sum") == {
+            L(app_id="b", method="GET", path="/ok", status="200"): 0,
+            L(app_id="b", method="POST", path="/no", status="503"): 100,
+        }
+        check_histogram(callee, "dapr_http_client_received_bytes", L(app_id="b"), 5)
+        assert callee.value("dapr_http_client_received_bytes_sum", app_id="b") == sum(
+            len(answer.body) for answer in answers
+        )
         # Delivered calls are not requests to b's own HTTP API.
         assert callee.family("dapr_http_server_request_count") == {}
 

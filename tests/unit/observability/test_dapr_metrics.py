@@ -192,10 +192,13 @@ def test_normalize_path() -> None:
 EXPECTED_METRICS = {
     "dapr_http_server_request_count": ("counter", ("app_id", "method", "path", "status")),
     "dapr_http_server_latency": ("histogram", ("app_id", "method", "path", "status")),
+    "dapr_http_server_response_count": ("counter", ("app_id", "method", "path", "status")),
     "dapr_http_server_request_bytes": ("histogram", ("app_id",)),
     "dapr_http_server_response_bytes": ("histogram", ("app_id",)),
     "dapr_http_client_completed_count": ("counter", ("app_id", "method", "path", "status")),
     "dapr_http_client_roundtrip_latency": ("histogram", ("app_id", "method", "path", "status")),
+    "dapr_http_client_sent_bytes": ("histogram", ("app_id", "method", "path", "status")),
+    "dapr_http_client_received_bytes": ("histogram", ("app_id",)),
     "dapr_runtime_service_invocation_req_sent_total": (
         "counter",
         ("app_id", "dst_app_id", "type"),
@@ -228,7 +231,7 @@ def record_everything(metrics: DaprMetrics) -> None:
     metrics.record_server(
         b"POST", b"/v1.0/invoke/app1/method/orders", 200, 2.0, 10, 20, 0.01, b"/orders", 1.0
     )
-    metrics.record_app_call(b"POST", b"/orders", 200, 1.0)
+    metrics.record_app_call(b"POST", b"/orders", 200, 1.0, 10, 20)
     metrics.record_remote_call("app2", 200, 1.5)
     metrics.record_inbound("app0", 200)
     metrics.record_retry("app2")
@@ -421,14 +424,20 @@ def test_app_leg_labels_follow_the_configuration(
 
 def test_record_app_call_records_the_app_leg() -> None:
     metrics = DaprMetrics("app1")
-    metrics.record_app_call(b"POST", b"/orders?id=3", 201, 4.0)
-    metrics.record_app_call(b"POST", b"/orders", 201, 6.0)
+    metrics.record_app_call(b"POST", b"/orders?id=3", 201, 4.0, 300, 2)
+    metrics.record_app_call(b"POST", b"/orders", 201, 6.0, 5000, 0)
     found = samples(metrics)
     labels = L(app_id="app1", method="POST", path="/orders", status="201")
 
     assert only(found, "dapr_http_client_completed_count") == {labels: 2}
     assert only(found, "dapr_http_client_roundtrip_latency_count") == {labels: 2}
     assert only(found, "dapr_http_client_roundtrip_latency_sum") == {labels: 10.0}
+    assert only(found, "dapr_http_client_sent_bytes_sum") == {labels: 5300}
+    assert found[("dapr_http_client_sent_bytes_bucket", labels | {("le", "1024")})] == 1
+    assert found[("dapr_http_client_sent_bytes_bucket", labels | {("le", "4096")})] == 1
+    assert found[("dapr_http_client_sent_bytes_bucket", labels | {("le", "16384")})] == 2
+    assert only(found, "dapr_http_client_received_bytes_count") == {L(app_id="app1"): 2}
+    assert only(found, "dapr_http_client_received_bytes_sum") == {L(app_id="app1"): 2}
     assert only(found, "dapr_http_server_request_count") == {}
 
 
@@ -550,8 +559,9 @@ def test_distinct_paths_past_the_bound_fold_into_other_and_are_counted() -> None
         other: 3,
     }
     assert found[("dapr_http_server_latency_count", other)] == 3
-    # three folded requests, each in the count and in the latency histogram
-    assert only(found, "fastproxy_metrics_series_overflow_total") == {frozenset(): 6}
+    assert found[("dapr_http_server_response_count", other)] == 3
+    # three folded requests, each in the count, the latency histogram and the response count
+    assert only(found, "fastproxy_metrics_series_overflow_total") == {frozenset(): 9}
 
 
 def test_series_stay_bounded_under_a_flood_of_distinct_paths() -> None:
@@ -723,3 +733,45 @@ def test_resiliency_counts_stay_exact_across_the_series_cache_being_cleared() ->
     assert found[("dapr_resiliency_count", policy("res", "retry", "app_app0"))] == 2
     assert found[("dapr_resiliency_activations_total", policy("res", "retry", "app_app0"))] == 2
     assert len(only(found, "dapr_resiliency_count")) == CACHE_SIZE + 1
+
+
+def test_the_app_leg_records_the_bodies_sent_to_the_app_and_received_from_it() -> None:
+    metrics = DaprMetrics("app1")
+    api = b"/v1.0/invoke/app1/method/orders"
+    metrics.record_server(b"POST", api, 201, 2.0, 3000, 40, 0.5, b"/orders", 1.5)
+    metrics.record_server(b"POST", api, 201, 2.0, 100, 60, 0.5, b"/orders", 1.5)
+    # Answered by the sidecar itself: nothing went to the app, nothing came back.
+    metrics.record_server(b"POST", api, 500, 2.0, 7, 90, 0.5)
+    found = samples(metrics)
+    app_leg = L(app_id="app1", method="POST", path="/orders", status="201")
+
+    assert only(found, "dapr_http_client_sent_bytes_count") == {app_leg: 2}
+    assert only(found, "dapr_http_client_sent_bytes_sum") == {app_leg: 3100}
+    assert found[("dapr_http_client_sent_bytes_bucket", app_leg | {("le", "1024")})] == 1
+    assert found[("dapr_http_client_sent_bytes_bucket", app_leg | {("le", "4096")})] == 2
+    assert only(found, "dapr_http_client_received_bytes_count") == {L(app_id="app1"): 2}
+    assert only(found, "dapr_http_client_received_bytes_sum") == {L(app_id="app1"): 100}
+    # The server's own body sizes count every request.
+    assert only(found, "dapr_http_server_request_bytes_sum") == {L(app_id="app1"): 3107}
+
+
+def test_the_legacy_response_count_follows_increased_cardinality() -> None:
+    api = b"/v1.0/invoke/app1/method/orders"
+    full = DaprMetrics("app1")
+    for status in (200, 200, 503):
+        full.record_server(b"GET", api, status, 1.0, 0, 0, 0.1)
+    low = DaprMetrics("app1", increased_cardinality=False)
+    low.record_server(b"GET", api, 200, 1.0, 0, 0, 0.1)
+
+    found = samples(full)
+    assert only(found, "dapr_http_server_response_count") == only(
+        found, "dapr_http_server_request_count"
+    )
+    assert only(found, "dapr_http_server_response_count") == {
+        L(app_id="app1", method="GET", path=api.decode(), status="200"): 2,
+        L(app_id="app1", method="GET", path=api.decode(), status="503"): 1,
+    }
+    assert "dapr_http_server_response_count" not in low.render().decode()
+    assert only(samples(low), "dapr_http_server_request_count") == {
+        L(app_id="app1", method="GET", path="", status="200"): 1
+    }
