@@ -251,7 +251,11 @@ async def _listen(
     port: int,
     tls: ssl.SSLContext | None = None,
 ) -> list[asyncio.base_events.Server]:
-    """One server per address, all on the same port (the first bound one when 0)."""
+    """One server per address, all on the same port (the first bound one when 0).
+
+    `factory` makes protocols that are asyncio protocols by their callbacks, not by
+    their base (see DownstreamProtocol), hence the cast for the loop's signature.
+    """
     loop = asyncio.get_running_loop()
     servers: list[asyncio.base_events.Server] = []
     errors: list[str] = []
